@@ -1,0 +1,68 @@
+"""Decode from the merged KV a prefill left behind: greedy or temperature/top-p sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from chunkcache.engine.executor import PrefillResult
+from chunkcache.models.base import CausalLM
+from chunkcache.models.rope import apply_rope
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+
+
+def pick(logits: torch.Tensor, sampling: Sampling, gen: torch.Generator | None) -> int:
+    """Next token from float32 logits [vocab]."""
+    if sampling.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    if sampling.top_p < 1:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, 0) - sorted_p < sampling.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+
+
+@torch.inference_mode()
+def generate(model: CausalLM, prefill: PrefillResult, max_new_tokens: int, stop_ids: set[int],
+             sampling: Sampling = Sampling()) -> Iterator[int]:
+    """Yield up to ``max_new_tokens`` tokens, stopping after a token in ``stop_ids`` (not yielded).
+
+    The prefill must have reserved ``max_new_tokens`` slots (``partial_prefill(reserve=...)``)."""
+    capacity = prefill.keys[0].shape[1]
+    if prefill.length + max_new_tokens - 1 > capacity:
+        raise ValueError("prefill reserved too few slots for this many new tokens")
+    gen = torch.Generator().manual_seed(sampling.seed) if sampling.temperature > 0 else None
+    token = pick(prefill.logits, sampling, gen)
+    pos = prefill.length
+    for step in range(max_new_tokens):
+        if token in stop_ids:
+            return
+        yield token
+        if step == max_new_tokens - 1:
+            return
+        h = model.embed(torch.tensor([token], device=model.device))
+        q_pos = torch.tensor([pos], device=model.device)
+        for layer in range(model.shape.n_layers):
+            q, k, v = model.qkv(layer, h)
+            cos, sin = prefill.rotary.get(model.layer_type(layer))
+            prefill.keys[layer][:, pos] = apply_rope(k, cos[pos:pos + 1], sin[pos:pos + 1])[:, 0]
+            prefill.values[layer][:, pos] = v[:, 0]
+            q_rot = apply_rope(q, cos[pos:pos + 1], sin[pos:pos + 1])
+            attn = model.attend(layer, q_rot, prefill.keys[layer][:, :pos + 1], prefill.values[layer][:, :pos + 1],
+                                q_pos, pos + 1)
+            h = model.finish_layer(layer, h, attn)
+        token = pick(model.head(h)[0], sampling, gen)
+        pos += 1

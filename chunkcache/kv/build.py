@@ -1,0 +1,92 @@
+"""The two ways a chunk record comes to exist (DESIGN section 2.3 and 3):
+
+* ``isolated``: at ingest, the chunk is prefilled alone right after the template prefix;
+* ``capture``: after a served request, each chunk's in-context K/V (as computed, fully or partly, in that
+  request) becomes a variant keyed by the chunks that preceded it, so a later request with the same or a
+  similar prefix can pick it (Cache-Craft's variant choice).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from chunkcache.engine.executor import PrefillResult, partial_prefill
+from chunkcache.engine.prompt import Layout, PromptTemplate, Span
+from chunkcache.kv.record import ChunkRecord
+from chunkcache.kv.stats import AttentionStats
+from chunkcache.models.base import CausalLM
+from chunkcache.strategies.base import Plan
+
+STORE_DTYPE = torch.bfloat16
+
+
+def _slice(result: PrefillResult, span: Span, dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    keys = [k[:, span.start:span.end].to("cpu", dtype).contiguous() for k in result.keys_pre]
+    values = [v[:, span.start:span.end].to("cpu", dtype).contiguous() for v in result.values]
+    return keys, values
+
+
+def template_record(model: CausalLM, template: PromptTemplate, dtype: torch.dtype = STORE_DTYPE) -> ChunkRecord:
+    """K/V of the template prefix (positions 0..p-1): an exact prefix cache shared by every request."""
+    ids = torch.tensor(template.prefix_ids)
+    n = len(template.prefix_ids)
+    layout = Layout(Span(0, n), [], Span(n, n))
+    result = partial_prefill(model, ids, layout, None, [], Plan(torch.arange(n)))
+    keys, values = _slice(result, Span(0, n), dtype)
+    return ChunkRecord(f"template-{template.key}", list(template.prefix_ids), keys, values, model.fingerprint)
+
+
+def isolated_record(model: CausalLM, template: PromptTemplate, prefix: ChunkRecord, token_ids: list[int],
+                    chunk_id: str, dtype: torch.dtype = STORE_DTYPE) -> ChunkRecord:
+    """Prefill one chunk alone after the template prefix and keep its K (pre-RoPE), V and statistics."""
+    if not token_ids:
+        raise ValueError("cannot build a record for an empty chunk")
+    p = len(template.prefix_ids)
+    n = len(token_ids)
+    if p + n > model.shape.max_positions:
+        raise ValueError(f"chunk of {n} tokens does not fit the model's window of {model.shape.max_positions}")
+    ids = torch.tensor(template.prefix_ids + list(token_ids))
+    span = Span(p, p + n)
+    layout = Layout(Span(0, p), [span], Span(p + n, p + n), [chunk_id])
+    stats = AttentionStats(layout, model.shape.n_layers)
+    result = partial_prefill(model, ids, layout, prefix, [None], Plan(span.range()), stats=stats)
+    keys, values = _slice(result, span, dtype)
+    inter, intra, outside = stats.chunk(0)
+    return ChunkRecord(chunk_id, list(token_ids), keys, values, model.fingerprint, [], inter, intra, outside)
+
+
+def capture(model: CausalLM, result: PrefillResult, ids: torch.Tensor, layout: Layout,
+            used: list[ChunkRecord | None], stats: AttentionStats | None,
+            dtype: torch.dtype = STORE_DTYPE) -> list[ChunkRecord]:
+    """Variants of the request's chunks 1..k-1 as computed in context (chunk 0 sits right after the template
+    prefix, where its isolated record is already exact). Chunks none of whose tokens were recomputed are
+    skipped: their states are the reused record's. Without ``stats`` a variant keeps no statistics and
+    Cache-Craft treats it with CCI 1. Statistics of layers/tokens that were not recomputed are taken from
+    the layers/tokens that were (layer mean) or from the reused record (per-token outside attention)."""
+    out = []
+    for i in range(1, len(layout.chunks)):
+        span = layout.chunks[i]
+        src = used[i]
+        inter = intra = outside = None
+        if stats is not None:
+            inter, intra, outside = stats.chunk(i)
+            if bool(torch.isnan(intra).all()):
+                continue
+            inter = _fill_layers(inter)
+            intra = _fill_layers(intra[:, None])[:, 0]
+            fallback = src.outside if src is not None and src.outside is not None else torch.zeros_like(outside)
+            outside = torch.where(torch.isnan(outside), fallback.float(), outside)
+        keys, values = _slice(result, span, dtype)
+        token_ids = ids[span.start:span.end].tolist()
+        out.append(ChunkRecord(layout.chunk_ids[i], token_ids, keys, values, model.fingerprint,
+                               list(layout.chunk_ids[:i]), inter, intra, outside))
+    return out
+
+
+def _fill_layers(x: torch.Tensor) -> torch.Tensor:
+    """Replace NaN layers (no computed rows) by the mean of the computed ones."""
+    bad = torch.isnan(x).any(dim=1)
+    if bool(bad.any()):
+        x = x.clone()
+        x[bad] = x[~bad].mean(dim=0)
+    return x

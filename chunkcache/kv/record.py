@@ -1,0 +1,104 @@
+"""Chunk KV records: a chunk's per-layer K (before RoPE) and V, plus what the reuse strategies need.
+
+A chunk's identity is ``chunk_hash(fingerprint, token_ids)`` (DESIGN section 2.1): the chunk is always
+tokenized on its own, so its ids are the same wherever it lands. A record is one *variant* of a chunk:
+the states it had when computed after ``prefix_ids`` (empty for an isolated precompute, the preceding
+chunks' hashes for a variant captured from a served request).
+
+Keys are stored before RoPE so placing the chunk at position p is one rotation (kv/rope.py).
+The attention statistics are the Cache-Craft (arXiv 2502.15734, section 4) inputs:
+
+* ``inter``   [layers, n_prefix]: attention mass from the chunk's tokens to each preceding chunk
+  (for an isolated record: to the template prefix, attention-sink token excluded, as one context).
+* ``intra``   [layers]: attention mass inside the chunk (causal).
+* ``outside`` [tokens]: per-token attention mass to anything before the chunk, averaged over layers and
+  heads — the token ranking Cache-Craft recomputes first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+ISOLATED = "isolated"
+
+
+def chunk_hash(fingerprint: str, token_ids: list[int]) -> str:
+    """Identity of a chunk: sha256 over (model fingerprint, token ids)."""
+    h = hashlib.sha256(fingerprint.encode())
+    h.update(torch.tensor(token_ids, dtype=torch.int64).numpy().tobytes())
+    return h.hexdigest()
+
+
+def variant_name(prefix_ids: list[str]) -> str:
+    """Name of the variant computed after ``prefix_ids``: ``isolated`` or a short hash of the prefix."""
+    if not prefix_ids:
+        return ISOLATED
+    return hashlib.sha256("|".join(prefix_ids).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ChunkRecord:
+    """One variant of one chunk's KV states (see module docstring)."""
+
+    chunk_id: str
+    token_ids: list[int]
+    keys: list[torch.Tensor]  # per layer [kv_heads, tokens, head_dim], pre-RoPE
+    values: list[torch.Tensor]  # per layer [kv_heads, tokens, head_dim]
+    fingerprint: str
+    prefix_ids: list[str] = field(default_factory=list)
+    inter: torch.Tensor | None = None  # [layers, max(1, len(prefix_ids))]
+    intra: torch.Tensor | None = None  # [layers]
+    outside: torch.Tensor | None = None  # [tokens]
+
+    def __post_init__(self) -> None:
+        if not self.token_ids:
+            raise ValueError("a chunk record needs at least one token")
+        if len(self.keys) != len(self.values):
+            raise ValueError("keys and values must have one tensor per layer each")
+        n = len(self.token_ids)
+        for k, v in zip(self.keys, self.values):
+            if k.shape[1] != n or v.shape[1] != n:
+                raise ValueError(f"layer tensors cover {k.shape[1]} tokens, chunk has {n}")
+
+    @property
+    def variant(self) -> str:
+        return variant_name(self.prefix_ids)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    def cci(self) -> float:
+        """Cache Context Impact, CCI = sigmoid(ā / b̄) (Cache-Craft eq. 3).
+
+        a_l = Σ_j inter_l(C_i, C_j) / (|C_i| |C_j|) and b_l = intra_l(C_i) / |C_i|² are averaged over layers.
+        ``inter`` already holds per-context-token normalised mass (divided by |C_j| at capture), so only the
+        division by |C_i| remains here.
+        """
+        if self.inter is None or self.intra is None:
+            return 1.0
+        n = float(self.n_tokens)
+        a = self.inter.float().sum(dim=1).mean() / n
+        b = self.intra.float().mean() / (n * n)
+        return float(torch.sigmoid(a / b.clamp_min(1e-12)))
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> "ChunkRecord":
+        """A copy with K/V on ``device`` in ``dtype`` (statistics stay float32 on CPU)."""
+        return ChunkRecord(
+            chunk_id=self.chunk_id,
+            token_ids=self.token_ids,
+            keys=[k.to(device=device, dtype=dtype) for k in self.keys],
+            values=[v.to(device=device, dtype=dtype) for v in self.values],
+            fingerprint=self.fingerprint,
+            prefix_ids=list(self.prefix_ids),
+            inter=self.inter,
+            intra=self.intra,
+            outside=self.outside,
+        )

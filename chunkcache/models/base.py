@@ -1,0 +1,154 @@
+"""Our own layer-by-layer forward pass over the weights of a ``transformers`` causal LM.
+
+The partial-prefill executor (engine/executor.py) must run each decoder layer over an arbitrary subset of
+token positions while attention reads a merged KV of cached and fresh entries. ``transformers``' forward
+cannot do that, so a family adapter exposes the pieces of one decoder layer:
+
+    h  = embed(ids)
+    q, k, v = qkv(layer, h)            # k before RoPE — the form chunk records store
+    h  = finish_layer(layer, h, attn)  # o_proj, residual, MLP (+ the family's extra norms)
+    logits = head(h)
+
+Weights stay in the ``transformers`` modules (no copy); only the control flow is ours.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from chunkcache.models.rope import RotaryTables
+
+
+class UnsupportedModelError(ValueError):
+    """The model's family has no forward pass here."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden: int
+    max_positions: int
+
+
+class CausalLM:
+    """A decoder-only LM driven layer by layer (see module docstring). Subclasses fill in the family."""
+
+    family = "base"
+
+    def __init__(self, hf_model: torch.nn.Module, fingerprint: str) -> None:
+        self.hf = hf_model.eval()
+        self.config = hf_model.config
+        self.fingerprint = fingerprint
+        self.inner = hf_model.model
+        self.layers = self.inner.layers
+        cfg = self.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.shape = ModelShape(
+            n_layers=cfg.num_hidden_layers,
+            n_heads=cfg.num_attention_heads,
+            n_kv_heads=cfg.num_key_value_heads,
+            head_dim=head_dim,
+            hidden=cfg.hidden_size,
+            max_positions=cfg.max_position_embeddings,
+        )
+        self.scaling = self._scaling()
+        self.layer_types: list[str] | None = getattr(cfg, "layer_types", None)
+        self.windows = [self._window(i) for i in range(self.shape.n_layers)]
+
+    # --- family hooks -------------------------------------------------------------------------------
+    def _scaling(self) -> float:
+        return 1.0 / math.sqrt(self.shape.head_dim)
+
+    def _window(self, layer: int) -> int | None:
+        return getattr(self.config, "sliding_window", None)
+
+    def _qk_norm(self, layer: int, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return q, k
+
+    def finish_layer(self, layer: int, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Residual stream after layer ``layer``: ``h`` [T, hidden] in, attention output [T, H*D] in."""
+        block = self.layers[layer]
+        h = h + block.self_attn.o_proj(attn)
+        return h + block.mlp(block.post_attention_layernorm(h))
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Hidden states [T, hidden] for token ids [T]."""
+        return self.inner.embed_tokens(ids)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits [T, vocab] (float32) from final-layer hidden states [T, hidden]."""
+        logits = self.hf.lm_head(self.inner.norm(h)).float()
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    # --- shared machinery ---------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.inner.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inner.embed_tokens.weight.dtype
+
+    def layer_type(self, layer: int) -> str | None:
+        return self.layer_types[layer] if self.layer_types else None
+
+    def rotary(self, length: int) -> RotaryTables:
+        """cos/sin tables for positions 0..length-1 from the model's own rotary module."""
+        return RotaryTables(self.inner.rotary_emb, self.layer_types, length, self.device, self.dtype)
+
+    def qkv(self, layer: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [H, T, D], k [Hkv, T, D] (before RoPE), v [Hkv, T, D] for hidden states h [T, hidden]."""
+        s = self.shape
+        attn = self.layers[layer].self_attn
+        x = self.layers[layer].input_layernorm(h)
+        t = x.shape[0]
+        q = attn.q_proj(x).view(t, s.n_heads, s.head_dim).transpose(0, 1)
+        k = attn.k_proj(x).view(t, s.n_kv_heads, s.head_dim).transpose(0, 1)
+        v = attn.v_proj(x).view(t, s.n_kv_heads, s.head_dim).transpose(0, 1)
+        q, k = self._qk_norm(layer, q, k)
+        return q, k, v
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               q_pos: torch.Tensor, k_len: int) -> torch.Tensor:
+        """Attention of rotated queries q [H, Tq, D] at positions ``q_pos`` over rotated keys/values of
+        positions 0..k_len-1 (causal, plus the layer's sliding window). Returns [Tq, H*D]."""
+        window = self.windows[layer]
+        tq = q.shape[1]
+        contiguous_full = tq == k_len and window is None and bool(q_pos[0] == 0) and bool(q_pos[-1] == k_len - 1)
+        kwargs = dict(scale=self.scaling, enable_gqa=self.shape.n_heads != self.shape.n_kv_heads)
+        if contiguous_full:
+            out = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, **kwargs)
+        else:
+            mask = attention_mask(q_pos, k_len, window)
+            out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, **kwargs)
+        return out[0].transpose(0, 1).reshape(tq, -1)
+
+    def attention_probs(self, layer: int, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
+        """Explicit attention probabilities [H, Tq, Tk] (float32) for rotated q and k of positions 0..Tk-1.
+
+        Fused kernels never return these; only record creation (Cache-Craft statistics) asks for them.
+        """
+        groups = self.shape.n_heads // self.shape.n_kv_heads
+        kk = k.repeat_interleave(groups, dim=0).float()
+        scores = torch.matmul(q.float(), kk.transpose(1, 2)) * self.scaling
+        mask = attention_mask(q_pos, k.shape[1], self.windows[layer])
+        return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def attention_mask(q_pos: torch.Tensor, k_len: int, window: int | None) -> torch.Tensor:
+    """Boolean [Tq, k_len]: key j is visible to a query at position i iff j <= i (and i - j < window)."""
+    k_pos = torch.arange(k_len, device=q_pos.device)
+    mask = k_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        mask &= (q_pos[:, None] - k_pos[None, :]) < window
+    return mask

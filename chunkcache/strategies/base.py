@@ -1,0 +1,96 @@
+"""The one interface every reuse strategy implements (DESIGN section 3).
+
+A strategy sees the request's layout and, per chunk, the stored variants of its record; it picks one
+variant per chunk and returns a ``Plan``: which positions to compute at which layers. All strategies run
+through the same executor (engine/executor.py). Selections are deterministic (ties broken by position)
+and every plan reports what it recomputes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from chunkcache.engine.prompt import Layout
+from chunkcache.kv.record import ChunkRecord
+
+
+class Plan:
+    """Positions to compute per layer. The static form computes ``initial`` at every layer; subclasses may
+    shrink the set after observing a layer's fresh vs cached K/V (CacheBlend)."""
+
+    def __init__(self, initial: torch.Tensor) -> None:
+        self.initial = torch.unique(initial.long())  # sorted, deduplicated
+
+    def wants_observation(self, layer: int) -> bool:
+        """Whether ``next_positions`` needs the cached K/V of this layer's computed positions."""
+        return False
+
+    def next_positions(self, layer: int, positions: torch.Tensor,
+                       fresh: tuple[torch.Tensor, torch.Tensor],
+                       cached: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """Positions for layer + 1 (a subset of ``positions``). Returning ``positions`` keeps them."""
+        return positions
+
+    @staticmethod
+    def validate(positions: torch.Tensor, length: int, within: torch.Tensor | None = None) -> None:
+        if positions.numel() == 0 or int(positions[-1]) != length - 1:
+            raise ValueError("a plan must compute the last prompt token at every layer")
+        if int(positions[0]) < 0 or int(positions[-1]) >= length:
+            raise ValueError("plan positions fall outside the prompt")
+        if within is not None and not bool(torch.isin(positions, within).all()):
+            raise ValueError("plan positions may only shrink with depth")
+
+
+@dataclass
+class Request:
+    """What a strategy decides from: the layout and, per chunk, its available variants (may be empty)."""
+
+    layout: Layout
+    candidates: list[list[ChunkRecord]]
+    n_layers: int
+
+    def chunk_prefix_ids(self, i: int) -> list[str]:
+        return self.layout.chunk_ids[:i]
+
+
+@dataclass
+class Decision:
+    records: list[ChunkRecord | None]  # the variant used for each chunk (None: computed from scratch)
+    plan: Plan
+
+
+class Strategy(ABC):
+    """Base class: subclasses set ``name`` and implement ``select`` (and may override ``choose_variants``)."""
+
+    name: str = ""
+
+    def choose_variants(self, req: Request) -> list[ChunkRecord | None]:
+        """Per chunk: the variant computed after exactly the chunks that precede it now, else the isolated
+        one, else any; None when the chunk has no record."""
+        chosen: list[ChunkRecord | None] = []
+        for i, cands in enumerate(req.candidates):
+            exact = [c for c in cands if c.prefix_ids == req.chunk_prefix_ids(i)]
+            isolated = [c for c in cands if not c.prefix_ids]
+            chosen.append((exact or isolated or cands or [None])[0])
+        return chosen
+
+    def decide(self, req: Request) -> Decision:
+        records = self.choose_variants(req)
+        layout = req.layout
+        must = [layout.question.range()]
+        for span, rec in zip(layout.chunks, records):
+            if rec is None:  # missing or unreadable cache: this chunk falls back to `full`
+                must.append(span.range())
+        return Decision(records, self.select(req, records, torch.cat(must)))
+
+    @abstractmethod
+    def select(self, req: Request, records: list[ChunkRecord | None], must: torch.Tensor) -> Plan:
+        """The plan, given the chosen records and the positions that must be computed regardless."""
+
+
+def is_exact(req: Request, i: int, rec: ChunkRecord | None) -> bool:
+    """A record is exact when it was computed after exactly the chunks that now precede it."""
+    return rec is not None and rec.prefix_ids == req.chunk_prefix_ids(i)

@@ -1,0 +1,26 @@
+"""``prefix``: exact prefix caching, what vLLM's automatic prefix caching and SGLang's RadixAttention give.
+
+Reuse the longest run of leading chunks whose records were computed after exactly the chunks that
+precede them now (the first chunk's isolated record always qualifies: it was computed right after the
+same template prefix); recompute everything after it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from chunkcache.kv.record import ChunkRecord
+from chunkcache.strategies.base import Plan, Request, Strategy, is_exact
+
+
+class Prefix(Strategy):
+    name = "prefix"
+
+    def select(self, req: Request, records: list[ChunkRecord | None], must: torch.Tensor) -> Plan:
+        layout = req.layout
+        start = layout.prefix.end
+        for i, (span, rec) in enumerate(zip(layout.chunks, records)):
+            if not is_exact(req, i, rec):
+                break
+            start = span.end
+        return Plan(torch.arange(start, layout.length))
