@@ -1,0 +1,102 @@
+"""The interface every KV storage tier implements, and the hit/miss counters tiers keep.
+
+A tier maps (chunk id, variant) to a :class:`~chunkcache.kv.record.ChunkRecord` (DESIGN section 4).
+Tiers differ in speed and durability (host memory, local disk, later accelerator memory and a remote
+tier); :class:`~chunkcache.store.tiered.TieredStore` stacks them, fastest first, behind the same
+interface, so callers never care how many tiers there are.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import Any
+
+from chunkcache.kv.record import ISOLATED, ChunkRecord
+
+
+class CacheCounters:
+    """Lookup counters of one tier: hits, misses, and corrupt entries found (and dropped).
+
+    A corrupt entry is also counted as a miss, since the caller gets nothing back. This in-memory
+    version lives as long as its tier; :class:`~chunkcache.store.counters.SqliteCounters` persists them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+        self._corrupt = 0
+
+    def add(self, hits: int = 0, misses: int = 0, corrupt: int = 0) -> None:
+        """Add to the counters (thread-safe)."""
+        with self._lock:
+            self._hits += hits
+            self._misses += misses
+            self._corrupt += corrupt
+
+    def snapshot(self) -> dict[str, Any]:
+        """Current ``hits``, ``misses``, ``corrupt`` and ``hit_rate`` (None before the first lookup)."""
+        with self._lock:
+            return self._as_dict(self._hits, self._misses, self._corrupt)
+
+    @staticmethod
+    def _as_dict(hits: int, misses: int, corrupt: int) -> dict[str, Any]:
+        lookups = hits + misses
+        return {
+            "hits": hits,
+            "misses": misses,
+            "corrupt": corrupt,
+            "hit_rate": hits / lookups if lookups else None,
+        }
+
+
+class KVTier(ABC):
+    """One storage tier of chunk KV records, keyed by (chunk id, variant).
+
+    Records handed out are shared, not copied: treat their tensors as read-only.
+    Tiers are context managers; leaving the block calls :meth:`close`.
+    """
+
+    @abstractmethod
+    def get(self, chunk_id: str, variant: str = ISOLATED) -> ChunkRecord | None:
+        """The stored record, or None on a miss (including an entry found corrupt and dropped)."""
+
+    @abstractmethod
+    def put(self, record: ChunkRecord) -> None:
+        """Store ``record`` under (record.chunk_id, record.variant), replacing any previous one."""
+
+    @abstractmethod
+    def variants(self, chunk_id: str) -> list[str]:
+        """Names of the variants stored for ``chunk_id``, sorted (empty when none)."""
+
+    @abstractmethod
+    def delete(self, chunk_id: str) -> int:
+        """Remove every variant of ``chunk_id``; return how many were removed."""
+
+    @abstractmethod
+    def __contains__(self, chunk_id: object) -> bool:
+        """Whether any variant of ``chunk_id`` is stored."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Remove every record (lookup counters are history and are kept)."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """Sizes and lookup counters of this tier, as plain JSON-able values."""
+
+    def close(self) -> None:
+        """Release files or connections the tier holds (nothing by default)."""
+
+    def __enter__(self) -> "KVTier":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

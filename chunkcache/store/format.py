@@ -1,0 +1,169 @@
+"""On-disk format of one chunk variant: a checksummed safetensors file.
+
+Tensors: ``k.{l}`` and ``v.{l}`` per layer (in the record's dtype, bf16 by default: the caller
+decides), ``tokens`` (int64), and, when the record has them, ``inter``, ``intra``, ``outside``
+(float32). One tensor per layer lets :func:`read_layers` load single layers lazily, so layer l+1's
+KV can be read while layer l computes (DESIGN section 4).
+
+Header metadata (strings): ``format``, ``format_version``, ``fingerprint``, ``chunk_id``,
+``prefix_ids`` (JSON list), ``n_layers``, ``digests`` (JSON: tensor name -> sha256 over its name,
+dtype, shape and raw bytes) and ``checksum``: sha256 over every (name, digest) pair in sorted name
+order, so it covers every tensor's name and bytes. Keeping the per-tensor digests lets a lazy layer
+read verify exactly the tensors it loads without hashing the whole file.
+
+Readers raise :class:`CorruptRecordError` for anything that fails to parse or verify — a damaged
+or truncated file, another model's file (fingerprint mismatch), another format version, a file
+under the wrong chunk id or variant name — so the store can drop it and treat it as a miss.
+A missing file raises :class:`FileNotFoundError` as usual.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from chunkcache.kv.record import ChunkRecord, variant_name
+
+FORMAT = "chunkcache-kv"
+FORMAT_VERSION = "1"
+_STATS = ("inter", "intra", "outside")
+# What a damaged file can make parsing raise; every one of them means "corrupt", never a crash.
+_PARSE_ERRORS = (SafetensorError, ValueError, KeyError, TypeError, RuntimeError)
+
+
+class CorruptRecordError(ValueError):
+    """A stored record failed to parse or verify; it must not be used."""
+
+
+def tensor_digest(name: str, tensor: torch.Tensor) -> str:
+    """sha256 over a tensor's name, dtype, shape and raw bytes (a contiguous CPU tensor)."""
+    h = hashlib.sha256(f"{name}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
+    h.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def checksum(digests: dict[str, str]) -> str:
+    """File checksum: sha256 over every (name, tensor digest) pair in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(digests):
+        h.update(f"{name}\0{digests[name]}\0".encode())
+    return h.hexdigest()
+
+
+def write_record(record: ChunkRecord, path: Path) -> None:
+    """Write ``record`` to ``path`` in this format (not atomically: the disk tier handles that)."""
+    tensors: dict[str, torch.Tensor] = {"tokens": torch.tensor(record.token_ids, dtype=torch.int64)}
+    for layer, (k, v) in enumerate(zip(record.keys, record.values)):
+        tensors[f"k.{layer}"] = k.detach().to("cpu").contiguous()
+        tensors[f"v.{layer}"] = v.detach().to("cpu").contiguous()
+    for name in _STATS:
+        stat = getattr(record, name)
+        if stat is not None:
+            tensors[name] = stat.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    digests = {name: tensor_digest(name, t) for name, t in tensors.items()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "fingerprint": record.fingerprint,
+        "chunk_id": record.chunk_id,
+        "prefix_ids": json.dumps(list(record.prefix_ids)),
+        "n_layers": str(len(record.keys)),
+        "digests": json.dumps(digests, sort_keys=True),
+        "checksum": checksum(digests),
+    }
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def read_record(path: Path, fingerprint: str, chunk_id: str, variant: str) -> ChunkRecord:
+    """Load and fully verify the record at ``path``, expected to hold (chunk_id, variant) of ``fingerprint``."""
+    with _checked_file(path, fingerprint, chunk_id, variant) as (f, meta, digests):
+        tensors = {name: _load(f, name, digests) for name in digests}
+        n_layers = int(meta["n_layers"])
+        try:
+            return ChunkRecord(
+                chunk_id=chunk_id,
+                token_ids=tensors["tokens"].tolist(),
+                keys=[tensors[f"k.{layer}"] for layer in range(n_layers)],
+                values=[tensors[f"v.{layer}"] for layer in range(n_layers)],
+                fingerprint=fingerprint,
+                prefix_ids=meta["prefix_ids"],
+                inter=tensors.get("inter"),
+                intra=tensors.get("intra"),
+                outside=tensors.get("outside"),
+            )
+        except (KeyError, ValueError) as e:
+            raise CorruptRecordError(f"inconsistent record ({e})") from e
+
+
+def read_layers(
+    path: Path, fingerprint: str, chunk_id: str, variant: str, layers: Sequence[int]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Load and verify only the (K, V) of ``layers``, in the order given; other layers stay unread."""
+    with _checked_file(path, fingerprint, chunk_id, variant) as (f, meta, digests):
+        n_layers = int(meta["n_layers"])
+        out = []
+        for layer in layers:
+            if not 0 <= layer < n_layers:
+                raise IndexError(f"layer {layer} out of range: record has {n_layers} layers")
+            out.append((_load(f, f"k.{layer}", digests), _load(f, f"v.{layer}", digests)))
+        return out
+
+
+def verify_file(path: Path, fingerprint: str) -> None:
+    """Fully verify the file at ``path``, taking the chunk id and variant from where it lies in the store."""
+    read_record(path, fingerprint, chunk_id=path.parent.name, variant=path.name.removesuffix(".safetensors"))
+
+
+@contextmanager
+def _checked_file(
+    path: Path, fingerprint: str, chunk_id: str, variant: str
+) -> Iterator[tuple[Any, dict[str, Any], dict[str, str]]]:
+    """Open ``path`` and verify its header; yield (open file, parsed metadata, tensor digests)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            meta = _check_header(raw, set(f.keys()), fingerprint, chunk_id, variant)
+            yield f, meta, json.loads(raw["digests"])
+    except CorruptRecordError as e:
+        raise CorruptRecordError(f"{path}: {e}") from e
+    except IndexError:
+        raise  # a caller asking for a layer the record lacks: a usage error, not corruption
+    except _PARSE_ERRORS as e:
+        raise CorruptRecordError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+
+
+def _check_header(
+    raw: dict[str, str], names: set[str], fingerprint: str, chunk_id: str, variant: str
+) -> dict[str, Any]:
+    if raw.get("format") != FORMAT or raw.get("format_version") != FORMAT_VERSION:
+        raise CorruptRecordError(f"format {raw.get('format')!r} version {raw.get('format_version')!r}")
+    if raw.get("fingerprint") != fingerprint:
+        raise CorruptRecordError(f"fingerprint {raw.get('fingerprint')!r} is not this store's {fingerprint!r}")
+    if raw.get("chunk_id") != chunk_id:
+        raise CorruptRecordError(f"holds chunk {raw.get('chunk_id')!r}, expected {chunk_id!r}")
+    prefix_ids = json.loads(raw["prefix_ids"])
+    if not isinstance(prefix_ids, list) or variant_name(prefix_ids) != variant:
+        raise CorruptRecordError(f"prefix {prefix_ids!r} is not variant {variant!r}")
+    n_layers = int(raw["n_layers"])
+    kv_names = {f"{kind}.{layer}" for kind in "kv" for layer in range(n_layers)}
+    if not kv_names | {"tokens"} <= names <= kv_names | {"tokens", *_STATS}:
+        raise CorruptRecordError(f"tensors {sorted(names)} do not make a {n_layers}-layer record")
+    digests = json.loads(raw["digests"])
+    if not isinstance(digests, dict) or set(digests) != names or checksum(digests) != raw.get("checksum"):
+        raise CorruptRecordError("checksum or tensor list does not match the header")
+    return {"n_layers": n_layers, "prefix_ids": prefix_ids}
+
+
+def _load(f: Any, name: str, digests: dict[str, str]) -> torch.Tensor:
+    tensor = f.get_tensor(name)
+    if tensor_digest(name, tensor) != digests[name]:
+        raise CorruptRecordError(f"tensor {name!r} does not match its checksum")
+    return tensor

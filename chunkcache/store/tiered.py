@@ -1,0 +1,70 @@
+"""A stack of tiers, fastest first, behind the one :class:`KVTier` interface.
+
+Reads try each tier in order and promote a hit into every faster tier, so the next read of that
+chunk is served from the fastest. Writes go through to every tier, slowest (most durable) first, so
+a failed durable write raises before any faster tier holds a record the store could not keep.
+DESIGN section 4's final flow — a write lands in the fast tier and flows down asynchronously — is a
+later step on top of this; write-through keeps every tier consistent until then.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chunkcache.kv.record import ISOLATED, ChunkRecord
+from chunkcache.store.base import CacheCounters, KVTier
+
+
+class TieredStore(KVTier):
+    """``tiers``, fastest first, read with promotion and written through."""
+
+    def __init__(self, tiers: list[KVTier]) -> None:
+        if not tiers:
+            raise ValueError("a tiered store needs at least one tier")
+        self.tiers = list(tiers)
+        self.counters = CacheCounters()
+
+    def get(self, chunk_id: str, variant: str = ISOLATED) -> ChunkRecord | None:
+        """The record from the fastest tier holding it, copied into every faster tier; None if none has it."""
+        for i, tier in enumerate(self.tiers):
+            record = tier.get(chunk_id, variant)
+            if record is not None:
+                for faster in self.tiers[:i]:
+                    faster.put(record)
+                self.counters.add(hits=1)
+                return record
+        self.counters.add(misses=1)
+        return None
+
+    def put(self, record: ChunkRecord) -> None:
+        """Write ``record`` to every tier, slowest first."""
+        for tier in reversed(self.tiers):
+            tier.put(record)
+
+    def variants(self, chunk_id: str) -> list[str]:
+        """Variants held by any tier, sorted."""
+        return sorted({v for tier in self.tiers for v in tier.variants(chunk_id)})
+
+    def delete(self, chunk_id: str) -> int:
+        """Delete ``chunk_id`` from every tier; return how many distinct variants were removed."""
+        variants = set(self.variants(chunk_id))
+        for tier in self.tiers:
+            tier.delete(chunk_id)
+        return len(variants)
+
+    def __contains__(self, chunk_id: object) -> bool:
+        return any(chunk_id in tier for tier in self.tiers)
+
+    def clear(self) -> None:
+        """Clear every tier."""
+        for tier in self.tiers:
+            tier.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """Whole-store lookup counters (a hit in any tier is a hit) and each tier's own stats, fastest first."""
+        return {"tier": "tiered", **self.counters.snapshot(), "tiers": [tier.stats() for tier in self.tiers]}
+
+    def close(self) -> None:
+        """Close every tier."""
+        for tier in self.tiers:
+            tier.close()
