@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from chunkcache.engine.executor import PrefillResult, partial_prefill
@@ -26,6 +28,12 @@ def _slice(result: PrefillResult, span: Span, dtype: torch.dtype) -> tuple[list[
     return keys, values
 
 
+def kv_fingerprint(model: CausalLM, template: PromptTemplate) -> str:
+    """Identity of the cache space: chunk records depend on the model and on the template prefix they were
+    computed after."""
+    return hashlib.sha256(f"{model.fingerprint}|{template.key}".encode()).hexdigest()[:32]
+
+
 def template_record(model: CausalLM, template: PromptTemplate, dtype: torch.dtype = STORE_DTYPE) -> ChunkRecord:
     """K/V of the template prefix (positions 0..p-1): an exact prefix cache shared by every request."""
     ids = torch.tensor(template.prefix_ids)
@@ -33,7 +41,8 @@ def template_record(model: CausalLM, template: PromptTemplate, dtype: torch.dtyp
     layout = Layout(Span(0, n), [], Span(n, n))
     result = partial_prefill(model, ids, layout, None, [], Plan(torch.arange(n)))
     keys, values = _slice(result, Span(0, n), dtype)
-    return ChunkRecord(f"template-{template.key}", list(template.prefix_ids), keys, values, model.fingerprint)
+    return ChunkRecord(f"template-{template.key}", list(template.prefix_ids), keys, values,
+                       kv_fingerprint(model, template))
 
 
 def isolated_record(model: CausalLM, template: PromptTemplate, prefix: ChunkRecord, token_ids: list[int],
@@ -52,19 +61,19 @@ def isolated_record(model: CausalLM, template: PromptTemplate, prefix: ChunkReco
     result = partial_prefill(model, ids, layout, prefix, [None], Plan(span.range()), stats=stats)
     keys, values = _slice(result, span, dtype)
     inter, intra, outside = stats.chunk(0)
-    return ChunkRecord(chunk_id, list(token_ids), keys, values, model.fingerprint, [], inter, intra, outside)
+    return ChunkRecord(chunk_id, list(token_ids), keys, values, prefix.fingerprint, [], inter, intra, outside)
 
 
-def capture(model: CausalLM, result: PrefillResult, ids: torch.Tensor, layout: Layout,
-            used: list[ChunkRecord | None], stats: AttentionStats | None,
+def capture(fingerprint: str, result: PrefillResult, ids: torch.Tensor, layout: Layout,
+            used: list[ChunkRecord | None], stats: AttentionStats | None, indices: list[int],
             dtype: torch.dtype = STORE_DTYPE) -> list[ChunkRecord]:
-    """Variants of the request's chunks 1..k-1 as computed in context (chunk 0 sits right after the template
-    prefix, where its isolated record is already exact). Chunks none of whose tokens were recomputed are
+    """Variants of the request's chunks ``indices`` as computed in context (chunk 0 sits right after the
+    template prefix, so what is captured for it is its isolated record). Chunks none of whose tokens were recomputed are
     skipped: their states are the reused record's. Without ``stats`` a variant keeps no statistics and
     Cache-Craft treats it with CCI 1. Statistics of layers/tokens that were not recomputed are taken from
     the layers/tokens that were (layer mean) or from the reused record (per-token outside attention)."""
     out = []
-    for i in range(1, len(layout.chunks)):
+    for i in indices:
         span = layout.chunks[i]
         src = used[i]
         inter = intra = outside = None
@@ -78,7 +87,7 @@ def capture(model: CausalLM, result: PrefillResult, ids: torch.Tensor, layout: L
             outside = torch.where(torch.isnan(outside), fallback.float(), outside)
         keys, values = _slice(result, span, dtype)
         token_ids = ids[span.start:span.end].tolist()
-        out.append(ChunkRecord(layout.chunk_ids[i], token_ids, keys, values, model.fingerprint,
+        out.append(ChunkRecord(layout.chunk_ids[i], token_ids, keys, values, fingerprint,
                                list(layout.chunk_ids[:i]), inter, intra, outside))
     return out
 

@@ -124,10 +124,18 @@ class CausalLM:
         positions 0..k_len-1 (causal, plus the layer's sliding window). Returns [Tq, H*D]."""
         window = self.windows[layer]
         tq = q.shape[1]
-        contiguous_full = tq == k_len and window is None and bool(q_pos[0] == 0) and bool(q_pos[-1] == k_len - 1)
         kwargs = dict(scale=self.scaling, enable_gqa=self.shape.n_heads != self.shape.n_kv_heads)
-        if contiguous_full:
+        if window is None and 2 * tq >= k_len:
+            # Dense query sets: scatter the queries into a zero [H, k_len, D] block and run the causal
+            # (flash) kernel, which is several times faster than an explicit mask; rows never asked for are
+            # computed and dropped.
+            if tq != k_len:
+                q_all = q.new_zeros(q.shape[0], k_len, q.shape[2])
+                q_all[:, q_pos] = q
+                q = q_all
             out = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, **kwargs)
+            if tq != k_len:
+                out = out[:, :, q_pos]
         else:
             mask = attention_mask(q_pos, k_len, window)
             out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, **kwargs)

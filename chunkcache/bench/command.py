@@ -1,0 +1,90 @@
+"""``chunkcache bench``: the benchmark's command-line contract.
+
+    chunkcache bench --dataset PATH_OR_NAME --strategies full,prefix,naive,epic,cacheblend,cachecraft
+                     --limit N --max-new-tokens T --json OUT.json [--plot OUT.png] [--model PATH]
+                     [--device cpu|cuda] [--sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from chunkcache.bench.datasets import load_dataset
+from chunkcache.bench.report import plot, table, write_json
+from chunkcache.bench.runner import expand, run
+
+DEFAULT_STRATEGIES = "full,prefix,naive,epic,cacheblend,cachecraft"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="musique, needle, or a JSON file in the musique format")
+    p.add_argument("--strategies", default=DEFAULT_STRATEGIES,
+                   help="comma-separated specs: name or name:param=value (e.g. cacheblend:ratio=0.3)")
+    p.add_argument("--limit", type=int, default=None, help="use the first N examples")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--json", type=Path, required=True, help="where to write the results")
+    p.add_argument("--plot", type=Path, default=None, help="fidelity-vs-recompute plot (PNG)")
+    p.add_argument("--model", default="default", help="packaged model name or HF model directory")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--sweep", action="store_true",
+                   help="also sweep k (epic), ratio (cacheblend) and alpha (cachecraft)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="keep chunk records here between runs (default: in memory only)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _split_specs(text: str) -> list[str]:
+    """Split on commas that start a new strategy (``epic,cacheblend:ratio=0.3,check_layer=2`` keeps
+    ``check_layer=2`` with cacheblend)."""
+    specs: list[str] = []
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        if "=" in part and ":" not in part and specs:
+            specs[-1] += "," + part
+        else:
+            specs.append(part)
+    return specs
+
+
+def main(args: argparse.Namespace) -> int:
+    from chunkcache.engine.reuse import ReuseEngine
+    from chunkcache.models.loader import load_model
+    from chunkcache.store.disk import DiskTier
+    from chunkcache.store.memory import MemoryTier
+    from chunkcache.store.tiered import TieredStore
+    from chunkcache.strategies import make_strategy
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available")
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit("error: --limit must be at least 1")
+    specs = expand(_split_specs(args.strategies), args.sweep)
+    for s in specs:
+        make_strategy(s)  # fail before loading anything
+    name, examples = load_dataset(args.dataset)
+    examples = examples[: args.limit] if args.limit else examples
+    if not examples:
+        raise SystemExit(f"error: dataset {args.dataset} has no examples")
+    model, tok = load_model(args.model, device=args.device)
+    engine = ReuseEngine(model, tok)
+    if args.cache_dir:
+        engine.store = TieredStore([MemoryTier(4 << 30), DiskTier(args.cache_dir / engine.fingerprint,
+                                                                 engine.fingerprint)])
+    t0 = time.perf_counter()
+    results = run(engine, examples, specs, args.max_new_tokens, progress=not args.quiet)
+    print(table(results))
+    payload = {
+        "model": str(args.model), "dataset": name, "n": len(examples), "strategies": results,
+        "settings": {"max_new_tokens": args.max_new_tokens, "device": args.device,
+                     "machine": f"{platform.node()} {platform.machine()} {torch.get_num_threads()} threads",
+                     "date": datetime.date.today().isoformat(), "seconds": round(time.perf_counter() - t0, 1)},
+    }
+    write_json(args.json, payload)
+    if args.plot:
+        plot(results, args.plot, f"{name} (n={len(examples)}), {args.model}")
+    return 0

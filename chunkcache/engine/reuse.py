@@ -1,0 +1,165 @@
+"""The reuse engine: one request from chunk token lists and a question to a prefill and an answer.
+
+Owns the model, the prompt template, the template prefix's record and a record store. For a request it
+loads every stored variant of each chunk, lets the strategy choose variants and a plan, runs the partial
+prefill, then stores what the request taught: chunks that had no record get their in-context states
+captured as records (so the next question reuses them), and optionally every chunk's in-context variant.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from chunkcache.engine.decode import Sampling, generate
+from chunkcache.engine.executor import PrefillResult, partial_prefill
+from chunkcache.engine.prompt import Layout, PromptTemplate
+from chunkcache.kv.build import STORE_DTYPE, capture, isolated_record, kv_fingerprint, template_record
+from chunkcache.kv.record import ChunkRecord, chunk_hash
+from chunkcache.kv.stats import AttentionStats
+from chunkcache.models.base import CausalLM
+from chunkcache.store.base import KVTier
+from chunkcache.store.memory import MemoryTier
+from chunkcache.strategies.base import Decision, Request, Strategy
+
+
+@dataclass
+class RequestStats:
+    """What one request cost and reused (reported by ``ask`` and the benchmark)."""
+
+    prompt_tokens: int = 0
+    context_tokens: int = 0
+    question_tokens: int = 0
+    chunks_hit: int = 0
+    chunks_missed: int = 0
+    computed_per_layer: list[int] = field(default_factory=list)
+    context_computed_per_layer: list[int] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def recompute_fraction(self) -> float:
+        """Context tokens computed / context tokens, averaged over layers (a token computed in 2 of 30
+        layers counts 2/30): the share of the chunks' prefill work that was redone."""
+        if not self.context_tokens or not self.context_computed_per_layer:
+            return 0.0
+        n = len(self.context_computed_per_layer)
+        return sum(self.context_computed_per_layer) / (n * self.context_tokens)
+
+    @property
+    def tokens_reused(self) -> int:
+        return self.context_tokens - round(self.recompute_fraction * self.context_tokens)
+
+    def to_dict(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens, "context_tokens": self.context_tokens,
+            "question_tokens": self.question_tokens, "chunks_hit": self.chunks_hit,
+            "chunks_missed": self.chunks_missed, "recompute_fraction": round(self.recompute_fraction, 4),
+            "tokens_reused": self.tokens_reused, "tokens_recomputed": self.context_tokens - self.tokens_reused,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+        }
+
+
+@dataclass
+class Prefilled:
+    ids: torch.Tensor
+    layout: Layout
+    decision: Decision
+    result: PrefillResult
+    stats: RequestStats
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ReuseEngine:
+    """See module docstring. ``store`` defaults to an in-memory tier of ``memory_bytes``."""
+
+    def __init__(self, model: CausalLM, tokenizer, store: KVTier | None = None,
+                 store_dtype: torch.dtype = STORE_DTYPE, memory_bytes: int = 2 << 30) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = PromptTemplate(tokenizer)
+        self.fingerprint = kv_fingerprint(model, self.template)
+        self.store = store if store is not None else MemoryTier(memory_bytes)
+        self.store_dtype = store_dtype
+        self.prefix = template_record(model, self.template, store_dtype).to(model.device, model.dtype)
+        self.stop_ids = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
+
+    def chunk_id(self, token_ids: list[int]) -> str:
+        return chunk_hash(self.fingerprint, token_ids)
+
+    def encode_chunk(self, text: str) -> tuple[str, list[int]]:
+        """(cache identity, token ids) of a chunk's text, tokenized alone."""
+        ids = self.template.encode_chunk(text)
+        if not ids:
+            raise ValueError("empty chunk: it has no tokens")
+        return self.chunk_id(ids), ids
+
+    def precompute(self, token_ids: list[int], chunk_id: str | None = None) -> ChunkRecord:
+        """Build and store the isolated record of one chunk (ingest time)."""
+        chunk_id = chunk_id or self.chunk_id(token_ids)
+        rec = isolated_record(self.model, self.template, self.prefix, token_ids, chunk_id, self.store_dtype)
+        self.store.put(rec)
+        return rec
+
+    def candidates(self, chunk_ids: list[str]) -> list[list[ChunkRecord]]:
+        """Every readable stored variant of each chunk, moved to the model's device and dtype."""
+        dev, dt = self.model.device, self.model.dtype
+        out = []
+        for cid in chunk_ids:
+            recs = (self.store.get(cid, v) for v in self.store.variants(cid))
+            out.append([r.to(dev, dt) for r in recs if r is not None])
+        return out
+
+    def prefill(self, chunks: list[list[int]], question_ids: list[int], strategy: Strategy,
+                reserve: int = 0, capture_variants: bool = False) -> Prefilled:
+        """Assemble, choose, run the partial prefill; store records for missed chunks (and, with
+        ``capture_variants``, every chunk's in-context variant)."""
+        dev = self.model.device
+        t0 = time.perf_counter()
+        chunk_ids = [self.chunk_id(c) for c in chunks]
+        ids, layout = self.template.assemble(chunks, question_ids, chunk_ids)
+        cands = self.candidates(chunk_ids) if strategy.name != "full" else [[] for _ in chunks]
+        _sync(dev)
+        t1 = time.perf_counter()
+        decision = strategy.decide(Request(layout, cands, self.model.shape.n_layers))
+        missed = [i for i, c in enumerate(cands) if not c]
+        learn = (bool(missed) and strategy.name != "full") or capture_variants
+        stats = AttentionStats(layout, self.model.shape.n_layers) if learn else None
+        result = partial_prefill(self.model, ids, layout, self.prefix, decision.records, decision.plan,
+                                 reserve=reserve, stats=stats)
+        _sync(dev)
+        t2 = time.perf_counter()
+        if learn:
+            self._learn(result, ids, layout, decision, stats, missed, capture_variants)
+        rs = RequestStats(
+            prompt_tokens=layout.length, context_tokens=layout.context_tokens,
+            question_tokens=len(layout.question), chunks_hit=len(chunks) - len(missed),
+            chunks_missed=len(missed), computed_per_layer=result.computed_per_layer,
+            context_computed_per_layer=result.context_computed_per_layer,
+            timings_ms={"load": (t1 - t0) * 1e3, "prefill": (t2 - t1) * 1e3,
+                        "store": (time.perf_counter() - t2) * 1e3})
+        return Prefilled(ids, layout, decision, result, rs)
+
+    def _learn(self, result: PrefillResult, ids: torch.Tensor, layout: Layout, decision: Decision,
+               stats: AttentionStats | None, missed: list[int], every: bool) -> None:
+        indices = range(len(layout.chunks)) if every else missed
+        for rec in capture(self.fingerprint, result, ids, layout, decision.records, stats, list(indices),
+                           self.store_dtype):
+            self.store.put(rec)
+
+    def generate(self, pre: Prefilled, max_new_tokens: int, sampling: Sampling = Sampling()) -> Iterator[int]:
+        return generate(self.model, pre.result, max_new_tokens, self.stop_ids, sampling)
+
+    def answer(self, chunks: list[list[int]], question: str, strategy: Strategy, max_new_tokens: int = 64,
+               sampling: Sampling = Sampling()) -> tuple[str, Prefilled]:
+        """Greedy (or sampled) answer text and the prefill it came from."""
+        q = self.template.encode_question(question)
+        pre = self.prefill(chunks, q, strategy, reserve=max_new_tokens)
+        tokens = list(self.generate(pre, max_new_tokens, sampling))
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), pre
