@@ -1,21 +1,117 @@
-"""``chunkcache`` command line: ingest, ask, cache, bench."""
+"""``chunkcache`` command line: ingest, ask, cache stats|verify|clear, bench.
+
+Every command goes through ``chunkcache.api.Engine`` (or the benchmark runner); bad input ends with a
+one-line ``error: ...`` on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+from pathlib import Path
+
+
+def _engine_args(p: argparse.ArgumentParser, strategy: bool = False) -> None:
+    p.add_argument("--store", default=None, help="store directory (default $CHUNKCACHE_STORE or ./.chunkcache)")
+    p.add_argument("--model", default="default", help="packaged model name or HF model directory")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    if strategy:
+        from chunkcache.strategies import DEFAULT_STRATEGY
+
+        p.add_argument("--strategy", default=DEFAULT_STRATEGY,
+                       help="full, prefix, naive, epic, cacheblend or cachecraft (name[:param=value,...])")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from chunkcache.bench import command as bench
 
     p = argparse.ArgumentParser(prog="chunkcache", description="RAG that never prefills the same chunk twice.")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = p.add_subparsers(dest="command", required=True)
+
+    ing = sub.add_parser("ingest", help="chunk, embed, index and precompute caches for files and folders")
+    ing.add_argument("paths", nargs="+", type=Path)
+    _engine_args(ing)
+
+    ask = sub.add_parser("ask", help="answer a question from the ingested documents")
+    ask.add_argument("question")
+    ask.add_argument("-k", type=int, default=5, help="chunks to retrieve (default 5)")
+    ask.add_argument("--max-new-tokens", type=int, default=128)
+    ask.add_argument("--json", action="store_true", help="print one JSON object (answer, citations, stats)")
+    _engine_args(ask, strategy=True)
+
+    cache = sub.add_parser("cache", help="inspect or maintain the chunk caches")
+    cache.add_argument("action", choices=["stats", "verify", "clear"])
+    _engine_args(cache)
+
     bench.add_arguments(sub.add_parser("bench", help="quality and speed of every reuse strategy"))
     return p
+
+
+def _engine(args: argparse.Namespace, **kw):
+    from chunkcache.api import Engine
+
+    return Engine(store=args.store, model=args.model, device=args.device, **kw)
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    for p in args.paths:
+        if not p.exists():
+            raise FileNotFoundError(f"path {p} does not exist")
+    with _engine(args) as eng:
+        r = eng.ingest(args.paths, progress=True)
+    print(f"files: {r.files_seen} seen, {r.files_added} added, {r.files_updated} updated, "
+          f"{r.files_unchanged} unchanged, {r.files_removed} removed, {r.files_skipped} skipped; "
+          f"chunks: {r.chunks_added} added, {r.chunks_removed} removed; {r.seconds:.1f} s")
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    if not args.question.strip():
+        raise ValueError("the question is empty")
+    if args.k < 1:
+        raise ValueError("-k must be at least 1")
+    stream = None if args.json else (lambda s: print(s, end="", flush=True))
+    with _engine(args, strategy=args.strategy, k=args.k, max_new_tokens=args.max_new_tokens) as eng:
+        ans = eng.ask(args.question, on_text=stream)
+    if args.json:
+        print(json.dumps(ans.to_dict(), indent=2))
+        return 0
+    s = ans.stats
+    print("\n\nSources:")
+    for i, c in enumerate(ans.citations, 1):
+        print(f"  [{i}] {c}  (score {c.score:.2f})")
+    t = s["timings_ms"]
+    print(f"\nTTFT {s['ttft_ms']:.0f} ms | strategy {s['strategy']} | chunks {s['chunks_hit']} hit, "
+          f"{s['chunks_missed']} missed | tokens {s['tokens_reused']} reused, {s['tokens_recomputed']} "
+          f"recomputed ({100 * s['recompute_fraction']:.1f}%)")
+    print("time: " + ", ".join(f"{k} {v:.0f} ms" for k, v in t.items()))
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    with _engine(args) as eng:
+        if args.action == "stats":
+            s = eng.cache_stats()
+            print(f"store {s['store']}: {s['records']} records of {s['chunks']} chunks, "
+                  f"{s['bytes'] / 1e6:.1f} MB; lookups {s['hits']} hits, {s['misses']} misses "
+                  f"(hit rate {s['hit_rate']:.0%}), {s['corrupt']} corrupt")
+            for doc, d in s["documents"].items():
+                print(f"  {doc}: {d['chunks']} chunks, {d['cached']} cached")
+        elif args.action == "verify":
+            v = eng.cache_verify()
+            print(f"{v['records_ok']} records ok, {len(v['records_removed'])} bad removed")
+            for path in v["records_removed"]:
+                print(f"  removed {path}")
+            for problem in v["index_problems"]:
+                print(f"  index: {problem}")
+            return 1 if v["index_problems"] else 0
+        else:
+            print(f"removed {eng.cache_clear()} records")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,15 +119,22 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from chunkcache.models.base import UnsupportedModelError
+    from chunkcache.store import StoreLockedError
+
+    handlers = {"ingest": _ingest, "ask": _ask, "cache": _cache}
     try:
         if args.command == "bench":
             from chunkcache.bench.command import main as bench_main
 
             return bench_main(args)
-    except (ValueError, FileNotFoundError, PermissionError) as e:
+        return handlers[args.command](args)
+    except (ValueError, FileNotFoundError, PermissionError, UnsupportedModelError, StoreLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -224,6 +224,13 @@ class VectorIndex:
         with self._lock:
             return [r[0] for r in self._db.execute("SELECT path FROM documents ORDER BY path")]
 
+    def document_chunk_hashes(self, path: str) -> list[str]:
+        """Cache keys of the live chunks of one document, in document order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT chunk_hash FROM chunks WHERE path = ? AND deleted = 0 ORDER BY start_line, id", (path,))
+            return [r[0] for r in rows]
+
     def chunk_hashes_in_use(self) -> set[str]:
         """Cache keys of all live chunks: any other cached chunk KV is garbage."""
         with self._lock:

@@ -1,0 +1,213 @@
+"""``Engine``: the Python API and the code path behind every CLI command (DESIGN section 1).
+
+A store directory holds everything a deployment needs::
+
+    <store>/store.json   which model (and template) the caches belong to
+    <store>/index/       SQLite metadata + faiss HNSW index (rag/index.py)
+    <store>/kv/          one safetensors file per chunk-record variant (store/disk.py)
+    <store>/.lock        held while ingesting, so two processes never interleave writes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chunkcache.engine.decode import Sampling
+from chunkcache.engine.reuse import ReuseEngine
+from chunkcache.models.loader import DEFAULT_MODEL, load_model
+from chunkcache.rag import Embedder, Hit, IngestReport, VectorIndex, ingest
+from chunkcache.store import DiskTier, MemoryTier, TieredStore, store_lock
+from chunkcache.strategies import DEFAULT_STRATEGY, make_strategy
+
+STORE_ENV = "CHUNKCACHE_STORE"
+DEFAULT_STORE = ".chunkcache"
+MANIFEST = "store.json"
+
+
+class StoreMismatchError(ValueError):
+    """The store's caches were made by another model or prompt template."""
+
+
+@dataclass
+class Citation:
+    path: str
+    start_line: int
+    end_line: int
+    score: float
+
+    def __str__(self) -> str:
+        return f"{_display_path(self.path)}:{self.start_line}-{self.end_line}"
+
+
+@dataclass
+class Answer:
+    text: str
+    citations: list[Citation]
+    stats: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"answer": self.text,
+                "citations": [{"path": _display_path(c.path), "start_line": c.start_line,
+                               "end_line": c.end_line, "score": round(c.score, 4)} for c in self.citations],
+                "stats": self.stats}
+
+
+def _display_path(path: str) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return path
+
+
+def resolve_store(store: str | os.PathLike | None) -> Path:
+    """``store`` argument, else ``$CHUNKCACHE_STORE``, else ``./.chunkcache``; checked to be writable."""
+    root = Path(store or os.environ.get(STORE_ENV) or DEFAULT_STORE).expanduser()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"store directory {root} is not writable ({e.strerror or e})") from None
+    return root
+
+
+class Engine:
+    """Ingest documents, retrieve chunks, answer questions reusing chunk caches (see module docstring)."""
+
+    def __init__(self, store: str | os.PathLike | None = None, model: str = DEFAULT_MODEL,
+                 strategy: str = DEFAULT_STRATEGY, device: str = "cpu", k: int = 5,
+                 max_new_tokens: int = 128) -> None:
+        self.root = resolve_store(store)
+        self.strategy = make_strategy(strategy)
+        self.k = k
+        self.max_new_tokens = max_new_tokens
+        lm, tok = load_model(model, device=device)
+        self.reuse = ReuseEngine(lm, tok, store=MemoryTier(1 << 30))
+        self._check_manifest(str(model))
+        self.kv = DiskTier(self.root / "kv", self.reuse.fingerprint)
+        self.reuse.store = TieredStore([self.reuse.store, self.kv])
+        self._embedder: Embedder | None = None
+        self._index: VectorIndex | None = None
+
+    def _check_manifest(self, model: str) -> None:
+        path = self.root / MANIFEST
+        mine = {"model": model, "fingerprint": self.reuse.fingerprint, "version": 1}
+        if path.exists():
+            theirs = json.loads(path.read_text())
+            if theirs.get("fingerprint") != mine["fingerprint"]:
+                raise StoreMismatchError(
+                    f"store {self.root} was made by model {theirs.get('model')!r}, not {model!r}: "
+                    f"use --model {theirs.get('model')} or another --store")
+        else:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(mine))
+            os.replace(tmp, path)
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = Embedder()
+        return self._embedder
+
+    @property
+    def index(self) -> VectorIndex:
+        if self._index is None:
+            self._index = VectorIndex(self.root / "index", self.embedder.dim)
+        return self._index
+
+    def _count_tokens(self, text: str) -> int:
+        return len(self.reuse.template.encode_chunk(text))
+
+    def _chunk_key(self, text: str) -> str:
+        return self.reuse.encode_chunk(text)[0]
+
+    def _precompute(self, pairs: list[tuple[str, str]]) -> None:
+        for chunk_id, text in pairs:
+            self.reuse.precompute(self.reuse.template.encode_chunk(text), chunk_id)
+
+    def ingest(self, paths: list[str | os.PathLike], progress: bool = True) -> IngestReport:
+        """Index files and folders incrementally and precompute the new chunks' caches."""
+        targets = [Path(p) for p in paths]
+        for p in targets:
+            if not p.exists():
+                raise FileNotFoundError(f"path {p} does not exist")
+        with store_lock(self.root, timeout=600):
+            return ingest(targets, self.index, self.embedder, self._count_tokens, self._chunk_key,
+                          on_chunk_removed=self.reuse.store.delete, precompute=self._precompute,
+                          progress=progress)
+
+    def retrieve(self, question: str, k: int | None = None) -> list[Hit]:
+        """The top-k chunks for a question, best first."""
+        if not question or not question.strip():
+            raise ValueError("the question is empty")
+        return self.index.search(self.embedder.embed([question])[0], k or self.k)
+
+    def ask(self, question: str, k: int | None = None, strategy: str | None = None,
+            on_text: Callable[[str], None] | None = None, sampling: Sampling = Sampling()) -> Answer:
+        """Retrieve, assemble, reuse caches, answer. ``on_text`` receives the answer as it streams."""
+        t0 = time.perf_counter()
+        hits = self.retrieve(question, k)
+        if not hits:
+            raise ValueError(f"the store {self.root} has no documents: run `chunkcache ingest PATH` first")
+        t1 = time.perf_counter()
+        strat = make_strategy(strategy) if strategy else self.strategy
+        chunks = [self.reuse.template.encode_chunk(h.llm_text) for h in hits]
+        q = self.reuse.template.encode_question(question)
+        pre = self.reuse.prefill(chunks, q, strat, reserve=self.max_new_tokens)
+        tokens: list[int] = []
+        shown = ""
+        ttft = None
+        for tok in self.reuse.generate(pre, self.max_new_tokens, sampling):
+            ttft = ttft or (time.perf_counter() - t0) * 1e3
+            tokens.append(tok)
+            text = self.reuse.tokenizer.decode(tokens, skip_special_tokens=True)
+            if on_text and len(text) > len(shown) and not text.endswith("\ufffd"):
+                on_text(text[len(shown):])
+                shown = text
+        t2 = time.perf_counter()
+        text = self.reuse.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        stats = pre.stats.to_dict()
+        stats["strategy"] = strat.name
+        stats["ttft_ms"] = round(ttft if ttft is not None else (t2 - t0) * 1e3, 1)
+        stats["new_tokens"] = len(tokens)
+        stats["timings_ms"] = {"retrieve": round((t1 - t0) * 1e3, 1), **stats["timings_ms"],
+                               "decode": round((t2 - t1) * 1e3 - sum(pre.stats.timings_ms.values()), 1),
+                               "total": round((t2 - t0) * 1e3, 1)}
+        return Answer(text, [Citation(h.path, h.start_line, h.end_line, h.score) for h in hits], stats)
+
+    def cache_stats(self) -> dict:
+        """Records, bytes and hit rate of the disk tier, plus per-document chunk and cache counts."""
+        docs: dict[str, dict[str, int]] = {}
+        for doc in self.index.documents():
+            hashes = self.index.document_chunk_hashes(doc)
+            docs[_display_path(doc)] = {"chunks": len(hashes), "cached": sum(1 for h in hashes if h in self.kv)}
+        return {"store": str(self.root), **self.kv.stats(), "documents": docs}
+
+    def cache_verify(self) -> dict:
+        """Check every record checksum (bad ones are removed) and the index's consistency."""
+        n_ok, bad = self.kv.verify()
+        return {"records_ok": n_ok, "records_removed": bad, "index_problems": self.index.verify()}
+
+    def cache_clear(self) -> int:
+        """Remove every chunk record (the index stays; records are recomputed on demand). Returns count."""
+        n = self.kv.stats()["records"]
+        self.reuse.store.clear()
+        return n
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+        self.kv.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

