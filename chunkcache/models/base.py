@@ -138,6 +138,12 @@ class CausalLM:
                 out = out[:, :, q_pos]
         else:
             mask = attention_mask(q_pos, k_len, window)
+            if q.is_cuda and kwargs["enable_gqa"]:
+                # CUDA's masked (memory-efficient) kernel has no GQA path: expand K/V rather than fall
+                # back to the math kernel, which would materialise [H, Tq, k_len] scores.
+                groups = self.shape.n_heads // self.shape.n_kv_heads
+                k, v = k.repeat_interleave(groups, 0), v.repeat_interleave(groups, 0)
+                kwargs["enable_gqa"] = False
             out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, **kwargs)
         return out[0].transpose(0, 1).reshape(tq, -1)
 

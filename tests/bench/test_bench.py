@@ -1,0 +1,81 @@
+"""The benchmark's contract: CLI flags, JSON keys, plot, dataset handling and truncation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chunkcache.bench.datasets import Example, load_dataset, load_json, needle
+from chunkcache.bench.metrics import best_f1, contains_answer, first_token_kl, rouge_l
+from chunkcache.bench.runner import fit_passages
+from chunkcache.cli import main
+
+KEYS = {"f1", "first_token_agreement", "first_token_kl", "rougeL_vs_full", "exact_match_vs_full",
+        "recompute_fraction", "ttft_ms_mean", "ttft_ms_p50", "prefill_flops"}
+
+
+def test_bench_cli_writes_the_json_contract_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    rc = main(["bench", "--dataset", "needle", "--strategies", "full,prefix,naive,epic,cacheblend,cachecraft",
+               "--limit", "2", "--max-new-tokens", "6", "--json", str(out), "--plot", str(png), "--quiet"])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["dataset"] == "needle" and data["n"] == 2
+    assert set(data["strategies"]) == {"full", "prefix", "naive", "epic", "cacheblend", "cachecraft"}
+    for name, m in data["strategies"].items():
+        assert KEYS <= set(m), name
+    full = data["strategies"]["full"]
+    assert full["recompute_fraction"] == 1.0 and full["first_token_kl"] == pytest.approx(0, abs=1e-6)
+    assert data["strategies"]["naive"]["recompute_fraction"] == 0.0
+    assert 0 < data["strategies"]["cachecraft"]["recompute_fraction"] < 1
+    assert full["prefill_flops"] > data["strategies"]["naive"]["prefill_flops"]
+    assert png.stat().st_size > 10_000
+    assert "cachecraft" in capsys.readouterr().out
+
+
+def test_bench_rejects_bad_input(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"question": "not a list"}')
+    assert main(["bench", "--dataset", str(bad), "--json", str(tmp_path / "o.json")]) == 2
+    assert "must hold a JSON list" in capsys.readouterr().err
+    assert main(["bench", "--dataset", "needle", "--strategies", "full,bogus",
+                 "--json", str(tmp_path / "o.json")]) == 2
+    assert "unknown strategy" in capsys.readouterr().err
+
+
+def test_dataset_loading(tmp_path):
+    name, rows = load_dataset("musique")
+    assert name == "musique" and len(rows) == 50 and all(len(r.passages) == 10 for r in rows)
+    assert needle(3) == needle(3) and len(needle(3)[0].passages) == 6
+    f = tmp_path / "mine.json"
+    f.write_text(json.dumps([{"question": "q?", "answers": ["a"], "ctxs": [{"title": "t", "text": "x"}]}]))
+    assert load_json(f)[0].passages == ["Title: t\nx\n\n"]
+    f.write_text(json.dumps([{"question": "q?", "ctxs": []}]))
+    with pytest.raises(ValueError, match="example 0"):
+        load_json(f)
+
+
+def test_long_context_drops_whole_passages(smol_engine):
+    eng = smol_engine
+    words = " ".join(f"w{i}" for i in range(700))
+    ex = Example("What?", ["x"], [f"Title: P{i}\n{words}\n\n" for i in range(12)])
+    chunks, q = fit_passages(eng, ex, 32)
+    all_ids = [eng.encode_chunk(p)[1] for p in ex.passages]
+    assert 0 < len(chunks) < len(all_ids)
+    assert chunks == all_ids[: len(chunks)]  # whole passages, in order, never cut
+    total = len(eng.template.prefix_ids) + sum(map(len, chunks)) + len(q) + 32
+    assert total <= eng.model.shape.max_positions
+
+
+def test_metrics():
+    assert best_f1("The answer is Paris.", ["paris"]) == pytest.approx(0.5)  # P = 1/3, R = 1
+    assert best_f1("Paris", ["London", "paris"]) == 1.0
+    assert contains_answer("The code of the red fox is 4821.", ["4821"]) == 1.0
+    assert contains_answer("It is 48210.", ["4821"]) == 0.0
+    assert rouge_l("a b c d", "a b c d") == 1.0 and rouge_l("a b", "c d") == 0.0
+    import torch
+
+    x = torch.tensor([1.0, 2.0, 3.0])
+    assert first_token_kl(x, x) == pytest.approx(0.0, abs=1e-7)
+    assert first_token_kl(x, torch.tensor([3.0, 2.0, 1.0])) > 0.5

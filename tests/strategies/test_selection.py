@@ -1,0 +1,154 @@
+"""Each strategy's token selection on hand-made layouts (no model: small hand-built records)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from chunkcache.engine.prompt import Layout, Span
+from chunkcache.kv.record import ChunkRecord
+from chunkcache.strategies import make_strategy
+from chunkcache.strategies.base import Request
+from chunkcache.strategies.cacheblend import BlendPlan
+from chunkcache.strategies.cachecraft import cfo, kendall_tau_distance
+
+LAYERS = 4
+# template prefix 0..4, chunks A 5..14, B 15..24, C 25..34, question 35..39
+LAYOUT = Layout(Span(0, 5), [Span(5, 15), Span(15, 25), Span(25, 35)], Span(35, 40), ["A", "B", "C"])
+
+
+def rec(cid: str, prefix: list[str] | None = None, outside: list[float] | None = None,
+        inter: list[float] | None = None, intra: float = 50.0) -> ChunkRecord:
+    prefix = prefix or []
+    n = 10
+    kv = [torch.zeros(1, n, 2) for _ in range(LAYERS)]
+    inter_t = torch.tensor([inter or [0.5] * (1 + len(prefix))] * LAYERS)
+    out = torch.tensor(outside) if outside is not None else torch.linspace(0.1, 1.0, n)
+    return ChunkRecord(cid, list(range(n)), kv, [v.clone() for v in kv], "fp", prefix, inter_t,
+                       torch.full((LAYERS,), intra), out)
+
+
+def request(cands=None) -> Request:
+    cands = cands if cands is not None else [[rec("A")], [rec("B")], [rec("C")]]
+    return Request(LAYOUT, cands, LAYERS)
+
+
+def positions(spec: str, req: Request | None = None) -> list[int]:
+    return make_strategy(spec).decide(req or request()).plan.initial.tolist()
+
+
+QUESTION = list(range(35, 40))
+
+
+def test_full_computes_everything():
+    assert positions("full") == list(range(40))
+
+
+def test_naive_computes_only_the_question():
+    assert positions("naive") == QUESTION
+
+
+def test_prefix_reuses_leading_exact_chunks():
+    # A's isolated record is exact (nothing precedes it); B's isolated record is not exact after A.
+    assert positions("prefix") == list(range(15, 40))
+    exact_b = request([[rec("A")], [rec("B"), rec("B", ["A"])], [rec("C")]])
+    assert positions("prefix", exact_b) == list(range(25, 40))
+
+
+def test_epic_first_k_of_every_chunk_but_the_first():
+    assert positions("epic:k=3") == [15, 16, 17, 25, 26, 27] + QUESTION
+    assert positions("epic:k=0") == QUESTION
+
+
+def test_missing_record_falls_back_to_full_for_that_chunk():
+    req = request([[rec("A")], [], [rec("C")]])
+    for spec in ("naive", "epic:k=2", "cachecraft:alpha=0", "cacheblend:ratio=0"):
+        got = set(positions(spec, req))
+        assert set(range(15, 25)) <= got and set(QUESTION) <= got, spec
+        assert make_strategy(spec).decide(req).records[1] is None
+
+
+def test_cacheblend_picks_highest_value_deviation_at_check_layer():
+    strat = make_strategy("cacheblend:ratio=0.1,check_layer=1")  # budget ceil(0.1 * 30) = 3 tokens
+    plan = strat.decide(request()).plan
+    assert isinstance(plan, BlendPlan)
+    start = plan.initial
+    assert start.tolist() == list(range(15, 40))  # inexact chunks B, C and the question before the check
+    assert not plan.wants_observation(0) and plan.wants_observation(1)
+    n = start.numel()
+    fresh_v = torch.zeros(1, n, 2)
+    cached_v = torch.zeros(1, n, 2)
+    idx = {p: i for i, p in enumerate(start.tolist())}
+    for p, d in {17: 3.0, 30: 5.0, 22: 1.0, 24: 0.5, 37: 99.0}.items():  # 37 is a question token
+        fresh_v[0, idx[p], 0] = d
+    k = torch.zeros_like(fresh_v)
+    assert plan.next_positions(0, start, (k, fresh_v), None) is start
+    nxt = plan.next_positions(1, start, (k, fresh_v), (k, cached_v))
+    assert nxt.tolist() == [17, 22, 30] + QUESTION
+
+
+def test_cacheblend_key_deviation_option():
+    plan = make_strategy("cacheblend:ratio=0.03,deviation=k").decide(request()).plan
+    start = plan.initial
+    fresh_k = torch.zeros(1, start.numel(), 2)
+    fresh_k[0, 3, 1] = 2.0  # position 18
+    nxt = plan.next_positions(1, start, (fresh_k, torch.zeros_like(fresh_k)),
+                              (torch.zeros_like(fresh_k), torch.zeros_like(fresh_k)))
+    assert nxt.tolist() == [18] + QUESTION
+
+
+def test_kendall_tau_distance():
+    assert kendall_tau_distance(["a", "b", "c"], ["a", "b", "c"]) == 0
+    assert kendall_tau_distance(["a", "b", "c"], ["c", "b", "a"]) == 1
+    assert kendall_tau_distance(["a", "b", "c"], ["b", "a", "c"]) == pytest.approx(1 / 3)
+    assert kendall_tau_distance(["a"], ["a"]) == 0
+
+
+def test_cfo_formula():
+    r = rec("C", ["A", "B"], inter=[0.2, 0.6, 0.2])  # template, A, B
+    cci = r.cci()
+    # CCI = sigmoid(mean_l sum_j inter / |C|  /  (intra / |C|^2)) with |C| = 10
+    assert cci == pytest.approx(1 / (1 + math.exp(-((1.0 / 10) / (50.0 / 100)))))
+    assert cfo(r, ["A", "B"], alpha=1.0) == 0.0  # computed after exactly this prefix
+    assert cfo(r, [], alpha=1.0) == pytest.approx(cci)  # nothing shared: beta = 0
+    assert cfo(r, ["A"], alpha=1.0) == pytest.approx(cci * (1 - 0.75))  # beta = 0.6 / 0.8
+    assert cfo(r, ["B", "A"], alpha=1.0) == pytest.approx(cci)  # all shared but reversed: gamma = 1
+    assert cfo(r, ["X", "A", "B"], alpha=0.5) == pytest.approx(0.0)  # same order, beta = 1
+    assert cfo(r, [], alpha=100.0) == 1.0  # clamped
+
+
+def test_cachecraft_recomputes_tokens_with_most_outside_attention():
+    outside = [0.9, 0.1, 0.8, 0.2, 0.3, 0.05, 0.7, 0.0, 0.0, 0.0]
+    req = request([[rec("A")], [rec("B", outside=outside)], [rec("C", outside=outside)]])
+    strat = make_strategy("cachecraft:alpha=0.5")
+    plan = strat.decide(req).plan
+    n_fix = math.ceil(cfo(rec("B"), ["A"], 0.5) * 10)
+    top = sorted(sorted(range(10), key=lambda i: -outside[i])[:n_fix])
+    want = [15 + i for i in top] + [25 + i for i in top] + QUESTION
+    assert plan.initial.tolist() == sorted(want)
+    assert strat.last_cfo[0] == 0.0  # A sits right after the template prefix: exact
+
+
+def test_cachecraft_chooses_the_variant_with_lowest_cfo():
+    iso = rec("C")
+    after_ab = rec("C", ["A", "B"], inter=[0.1, 0.45, 0.45])
+    after_x = rec("C", ["X"], inter=[0.1, 0.9])
+    req = request([[rec("A")], [rec("B")], [iso, after_x, after_ab]])
+    chosen = make_strategy("cachecraft").decide(req).records
+    assert chosen[2] is after_ab
+    req = request([[rec("A")], [rec("B")], [iso, after_x]])
+    assert make_strategy("cachecraft").decide(req).records[2] is iso  # beta(X) = 0: no better than isolated
+
+
+def test_strategies_are_deterministic():
+    for spec in ("full", "prefix", "naive", "epic", "cacheblend", "cachecraft"):
+        assert positions(spec) == positions(spec), spec
+
+
+@pytest.mark.parametrize("spec", ["nope", "epic:k", "epic:k=-1", "cacheblend:ratio=2", "cachecraft:beta=1",
+                                  "cacheblend:deviation=q"])
+def test_bad_strategy_specs(spec):
+    with pytest.raises(ValueError):
+        make_strategy(spec)
