@@ -41,13 +41,14 @@ class PrefillResult:
 
 
 def _fill(buf: torch.Tensor, layout: Layout, prefix: ChunkRecord | None, records: list[ChunkRecord | None],
-          layer: int, which: str) -> None:
-    """Copy cached K or V of ``layer`` into the request buffer at each part's span."""
+          which: str) -> None:
+    """Copy every layer's cached K or V of each part into the request buffer [layers, Hkv, L, D] at its span:
+    one stacked copy per part rather than one per part and layer (the launch count dominates short plans)."""
     parts = [(layout.prefix, prefix)] + list(zip(layout.chunks, records))
     for span, rec in parts:
         if rec is not None:
-            src = (rec.keys if which == "k" else rec.values)[layer]
-            buf[:, span.start:span.end] = src.to(device=buf.device, dtype=buf.dtype, non_blocking=True)
+            src = torch.stack(rec.keys if which == "k" else rec.values)
+            buf[:, :, span.start:span.end] = src.to(device=buf.device, dtype=buf.dtype, non_blocking=True)
 
 
 @torch.inference_mode()
@@ -67,29 +68,41 @@ def partial_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: 
         raise ValueError(f"prompt of {length} tokens exceeds the model's window of {s.max_positions}")
     ids = ids.to(dev)
     rotary = model.rotary(length + reserve)
-    positions = plan.initial.to(dev)
-    plan.validate(positions, length)
+    # Positions live on the host too, so bookkeeping never waits for the device (one sync per layer
+    # would leave the GPU idle while the host queues the next layer's kernels).
+    pos_host = plan.initial.cpu()
+    plan.validate(pos_host, length)
+    positions = pos_host.to(dev)
     h = model.embed(ids[positions])
     keys, values, keys_pre = [], [], []
     computed, context_computed = [], []
-    in_context = torch.zeros(length, dtype=torch.bool, device=dev)
+    in_context = torch.zeros(length, dtype=torch.bool)
     for span in layout.chunks:
         in_context[span.start:span.end] = True
 
+    k_pre_all = torch.zeros(s.n_layers, s.n_kv_heads, length, s.head_dim, device=dev, dtype=dt)
+    v_all = torch.zeros(s.n_layers, s.n_kv_heads, length + reserve, s.head_dim, device=dev, dtype=dt)
+    k_rot_all = torch.empty_like(v_all)
+    _fill(k_pre_all, layout, prefix, records, "k")
+    _fill(v_all, layout, prefix, records, "v")
+    # Place every cached key at its position in this prompt: one rotation per layer type for all layers.
+    kinds = [model.layer_type(i) for i in range(s.n_layers)]
+    for kind in dict.fromkeys(kinds):
+        cos, sin = rotary.get(kind)
+        idx = [i for i, t in enumerate(kinds) if t == kind]
+        sel = slice(idx[0], idx[-1] + 1) if idx == list(range(idx[0], idx[-1] + 1)) else idx
+        k_rot_all[sel, :, :length] = apply_rope(k_pre_all[sel], cos[:length], sin[:length])
     for layer in range(s.n_layers):
-        k_pre = torch.zeros(s.n_kv_heads, length, s.head_dim, device=dev, dtype=dt)
-        v_buf = torch.zeros(s.n_kv_heads, length + reserve, s.head_dim, device=dev, dtype=dt)
-        _fill(k_pre, layout, prefix, records, layer, "k")
-        _fill(v_buf, layout, prefix, records, layer, "v")
+        k_pre, v_buf, k_rot = k_pre_all[layer], v_all[layer], k_rot_all[layer]
         q, k, v = model.qkv(layer, h)
         observed = plan.wants_observation(layer)
         cached = (k_pre[:, positions].clone(), v_buf[:, positions].clone()) if observed else None
         k_pre[:, positions] = k
         v_buf[:, positions] = v
-        cos, sin = rotary.get(model.layer_type(layer))
-        k_rot = torch.empty(s.n_kv_heads, length + reserve, s.head_dim, device=dev, dtype=dt)
-        k_rot[:, :length] = apply_rope(k_pre, cos[:length], sin[:length])
-        q_rot = apply_rope(q, cos[positions], sin[positions])
+        cos, sin = rotary.get(kinds[layer])
+        cos_q, sin_q = cos[positions], sin[positions]
+        k_rot[:, positions] = apply_rope(k, cos_q, sin_q)
+        q_rot = apply_rope(q, cos_q, sin_q)
         attn = model.attend(layer, q_rot, k_rot[:, :length], v_buf[:, :length], positions, length)
         if stats is not None:
             stats.observe(model, layer, q_rot, k_rot[:, :length], positions)
@@ -97,16 +110,15 @@ def partial_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: 
         keys.append(k_rot)
         values.append(v_buf)
         keys_pre.append(k_pre)
-        computed.append(int(positions.numel()))
-        context_computed.append(int(in_context[positions].sum()))
+        computed.append(int(pos_host.numel()))
+        context_computed.append(int(in_context[pos_host].sum()))
         if layer + 1 < s.n_layers:
             nxt = plan.next_positions(layer, positions, (k, v), cached)
             if nxt is not positions:
-                nxt = nxt.to(dev)
-                plan.validate(nxt, length, within=positions)
-                keep = torch.searchsorted(positions, nxt)
-                h = h[keep]
-                positions = nxt
+                nxt_host = nxt.cpu()
+                plan.validate(nxt_host, length, within=pos_host)
+                h = h[torch.searchsorted(pos_host, nxt_host).to(dev)]
+                pos_host, positions = nxt_host, nxt_host.to(dev)
 
     logits = model.head(h[-1:])[0]
     return PrefillResult(logits, keys, values, keys_pre, length, rotary, computed, context_computed, stats)

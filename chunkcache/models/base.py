@@ -23,6 +23,13 @@ import torch.nn.functional as F
 from chunkcache.models.rope import RotaryTables
 
 
+# Query density above which the scattered causal kernel beats the masked one (measured: H100, Llama-3-8B
+# shape at 8K keys, equal at 20%; 2-core CPU, SmolLM2 at 5K keys, masked 2x faster at 22%, causal 2x
+# faster at 90%).
+DENSE_CUDA = 0.2
+DENSE_CPU = 0.5
+
+
 class UnsupportedModelError(ValueError):
     """The model's family has no forward pass here."""
 
@@ -125,10 +132,10 @@ class CausalLM:
         window = self.windows[layer]
         tq = q.shape[1]
         kwargs = dict(scale=self.scaling, enable_gqa=self.shape.n_heads != self.shape.n_kv_heads)
-        if window is None and 2 * tq >= k_len:
+        if window is None and tq >= k_len * (DENSE_CUDA if q.is_cuda else DENSE_CPU):
             # Dense query sets: scatter the queries into a zero [H, k_len, D] block and run the causal
-            # (flash) kernel, which is several times faster than an explicit mask; rows never asked for are
-            # computed and dropped.
+            # (flash) kernel, which beats an explicit mask there; rows never asked for are computed and
+            # dropped.
             if tq != k_len:
                 q_all = q.new_zeros(q.shape[0], k_len, q.shape[2])
                 q_all[:, q_pos] = q
