@@ -19,7 +19,7 @@ from pathlib import Path
 
 from chunkcache.engine.decode import Sampling
 from chunkcache.engine.reuse import ReuseEngine
-from chunkcache.models.loader import DEFAULT_MODEL, load_model
+from chunkcache.models.loader import DEFAULT_MODEL, canonical_name, load_model
 from chunkcache.rag import Embedder, Hit, IngestReport, VectorIndex, ingest
 from chunkcache.store import DiskTier, MemoryTier, TieredStore, store_lock
 from chunkcache.strategies import DEFAULT_STRATEGY, make_strategy
@@ -89,7 +89,7 @@ class Engine:
         self.max_new_tokens = max_new_tokens
         lm, tok = load_model(model, device=device)
         self.reuse = ReuseEngine(lm, tok, store=MemoryTier(1 << 30))
-        self._check_manifest(str(model))
+        self._check_manifest(canonical_name(model))
         self.kv = DiskTier(self.root / "kv", self.reuse.fingerprint)
         self.reuse.store = TieredStore([self.reuse.store, self.kv])
         self._embedder: Embedder | None = None
@@ -140,7 +140,7 @@ class Engine:
         with store_lock(self.root, timeout=600):
             return ingest(targets, self.index, self.embedder, self._count_tokens, self._chunk_key,
                           on_chunk_removed=self.reuse.store.delete, precompute=self._precompute,
-                          progress=progress)
+                          is_cached=self.kv.__contains__, progress=progress)
 
     def retrieve(self, question: str, k: int | None = None) -> list[Hit]:
         """The top-k chunks for a question, best first."""

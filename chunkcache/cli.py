@@ -96,9 +96,10 @@ def _cache(args: argparse.Namespace) -> int:
     with _engine(args) as eng:
         if args.action == "stats":
             s = eng.cache_stats()
+            rate = "n/a" if s["hit_rate"] is None else f"{s['hit_rate']:.0%}"
             print(f"store {s['store']}: {s['records']} records of {s['chunks']} chunks, "
                   f"{s['bytes'] / 1e6:.1f} MB; lookups {s['hits']} hits, {s['misses']} misses "
-                  f"(hit rate {s['hit_rate']:.0%}), {s['corrupt']} corrupt")
+                  f"(hit rate {rate}), {s['corrupt']} corrupt")
             for doc, d in s["documents"].items():
                 print(f"  {doc}: {d['chunks']} chunks, {d['cached']} cached")
         elif args.action == "verify":

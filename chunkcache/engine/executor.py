@@ -46,9 +46,15 @@ def _fill(buf: torch.Tensor, layout: Layout, prefix: ChunkRecord | None, records
     one stacked copy per part rather than one per part and layer (the launch count dominates short plans)."""
     parts = [(layout.prefix, prefix)] + list(zip(layout.chunks, records))
     for span, rec in parts:
-        if rec is not None:
-            src = torch.stack(rec.keys if which == "k" else rec.values)
-            buf[:, :, span.start:span.end] = src.to(device=buf.device, dtype=buf.dtype, non_blocking=True)
+        if rec is None:
+            continue
+        layers = rec.keys if which == "k" else rec.values
+        dst = buf[:, :, span.start:span.end]
+        if layers[0].device == buf.device:
+            dst.copy_(torch.stack(layers))
+        else:  # host tier: layer by layer straight from (pinned) host memory, asynchronously
+            for layer, src in enumerate(layers):
+                dst[layer].copy_(src, non_blocking=True)
 
 
 @torch.inference_mode()

@@ -14,6 +14,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -54,13 +56,32 @@ PACKAGED = {DEFAULT_MODEL: _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
 ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "gemma3": "gemma3-270m"}
 
 
+@contextmanager
+def quiet_weights() -> Iterator[None]:
+    """Silence transformers' per-load weight progress bar (noise on every CLI command)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+def canonical_name(name_or_path: str | os.PathLike) -> str:
+    """The packaged model's name for an alias (``default`` → ``smollm2-135m-instruct``), else the input."""
+    return ALIASES.get(str(name_or_path), str(name_or_path))
+
+
 def models_home() -> Path:
     return Path(os.environ.get("CHUNKCACHE_HOME", Path.home() / ".cache" / "chunkcache")) / "models"
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> Path:
     """A local safetensors model directory for a packaged name, a ``.gguf`` file or an HF directory."""
-    name = ALIASES.get(str(name_or_path), str(name_or_path))
+    name = canonical_name(name_or_path)
     if name in PACKAGED:
         return _converted(name, PACKAGED[name])
     path = Path(name).expanduser()
@@ -141,6 +162,7 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "c
     check_family(config)
     if dtype is None:
         dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device)
+    with quiet_weights():
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return wrap(hf), tok

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
-from transformers.utils import logging as hf_logging
+
+from chunkcache.models.loader import quiet_weights
 
 MAX_TOKENS = 256  # the model's training length (sentence_bert_config.json max_seq_length)
 
@@ -35,14 +36,9 @@ class Embedder:
         model_dir = Path(model_dir) if model_dir is not None else packaged_model_dir()
         self.device = torch.device(device)
         self.batch_size = batch_size
-        bars_were_on = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # transformers 5 draws a bar per weight load
-        try:
+        with quiet_weights():
             self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
             self.model = AutoModel.from_pretrained(model_dir, local_files_only=True)
-        finally:
-            if bars_were_on:
-                hf_logging.enable_progress_bar()
         self.model.to(self.device).eval()
 
     @property

@@ -224,6 +224,13 @@ class VectorIndex:
         with self._lock:
             return [r[0] for r in self._db.execute("SELECT path FROM documents ORDER BY path")]
 
+    def live_chunks(self) -> list[Hit]:
+        """Every live chunk (score 0), in document order."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, path, start_line, end_line, text, chunk_hash FROM chunks "
+                                    "WHERE deleted = 0 ORDER BY path, start_line, id").fetchall()
+        return [Hit(r[0], 0.0, *r[1:]) for r in rows]
+
     def document_chunk_hashes(self, path: str) -> list[str]:
         """Cache keys of the live chunks of one document, in document order."""
         with self._lock:

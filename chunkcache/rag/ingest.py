@@ -76,6 +76,7 @@ def ingest(
     chunk_key: Callable[[str], str],
     on_chunk_removed: Callable[[str], None],
     precompute: Callable[[list[tuple[str, str]]], None] | None = None,
+    is_cached: Callable[[str], bool] | None = None,
     max_tokens: int = 384,
     progress: bool = True,
 ) -> IngestReport:
@@ -84,7 +85,8 @@ def ingest(
     ``count_tokens`` measures chunks with the LLM's tokenizer; ``chunk_key`` maps a chunk's LLM
     text to its cache key; ``on_chunk_removed`` is called once per cache key that no document uses
     any more; ``precompute`` receives ``(chunk_key, llm_text)`` for every chunk whose key was not in
-    use before this run. Raises ``FileNotFoundError`` before changing anything if a path is missing.
+    use before this run, and, when ``is_cached`` is given, for every indexed chunk whose cache is missing
+    (an earlier run killed during precompute, or caches cleared). Raises ``FileNotFoundError`` before changing anything if a path is missing.
     """
     started = time.perf_counter()
     show = progress and sys.stderr.isatty()
@@ -120,6 +122,10 @@ def ingest(
         new_pairs.update((h, t) for h, t in zip(hashes, texts) if h not in in_use_before)
     index.save()
 
+    if precompute is not None and is_cached is not None:
+        for hit in index.live_chunks():
+            if hit.chunk_hash not in new_pairs and not is_cached(hit.chunk_hash):
+                new_pairs[hit.chunk_hash] = hit.llm_text
     in_use = index.chunk_hashes_in_use()
     for chunk_hash in sorted(removed - in_use):
         on_chunk_removed(chunk_hash)
