@@ -85,7 +85,7 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def run_context(model, context: int, chunk: int, repeats: int) -> dict:
+def run_context(model, context: int, chunk: int, repeats: int, strategies: list[str]) -> dict:
     dev = model.device
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(context)
@@ -117,7 +117,7 @@ def run_context(model, context: int, chunk: int, repeats: int) -> dict:
     row: dict[str, float] = {}
     with torch.inference_mode():
         row["hf_sdpa"], ref = timed(lambda: model.hf(ids[None], use_cache=False).logits[0, -1], repeats)
-        for spec in STRATEGIES:
+        for spec in strategies:
             row[spec], (tok, res) = timed(lambda: prefill(spec, records), repeats)
             n = len(res.context_computed_per_layer)
             row[f"{spec}_recompute"] = sum(res.context_computed_per_layer) / (n * layout.context_tokens)
@@ -135,22 +135,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=512)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--layers", type=int, default=None, help="fewer layers for a quick check")
+    p.add_argument("--strategies", default=",".join(STRATEGIES),
+                   help="strategy specs to time (full first), e.g. add cachecraft:alpha=0.15")
     p.add_argument("--json", default="ttft.json")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("error: this benchmark needs a CUDA device")
+    specs = ["full"] + [x for x in args.strategies.split(",") if x and x != "full"]
     model = build_model(args.layers, "cuda")
     rows = {}
     for ctx in (int(c) for c in args.contexts.split(",")):
-        rows[ctx] = run_context(model, ctx, args.chunk, args.repeats)
+        rows[ctx] = run_context(model, ctx, args.chunk, args.repeats, specs)
         torch.cuda.empty_cache()
-    cols = ["hf_sdpa"] + STRATEGIES + ["cacheblend_host", "cachecraft_host"]
-    print(f"{'context':>8} " + " ".join(f"{c:>16}" for c in cols) + "   (TTFT ms, median)")
-    for ctx, r in rows.items():
-        print(f"{r['tokens']:>8} " + " ".join(f"{r[c]:>16.1f}" for c in cols))
+    cols = ["hf_sdpa"] + specs + ["cacheblend_host", "cachecraft_host"]
+    print(f"| {'tokens':>6} | " + " | ".join(f"{c:>10}" for c in cols) + " |   (TTFT ms, median)")
+    for r in rows.values():
+        print(f"| {r['tokens']:>6} | " + " | ".join(f"{r[c]:>10.1f}" for c in cols) + " |")
     print("speed-up over our full: " + "; ".join(
-        f"{ctx}: " + ", ".join(f"{s} {r['full'] / r[s]:.1f}x" for s in STRATEGIES[1:]) for ctx, r in rows.items()))
-    print("recompute fraction: " + ", ".join(f"{s} {rows[max(rows)][s + '_recompute']:.3f}" for s in STRATEGIES))
+        f"{ctx}: " + ", ".join(f"{s} {r['full'] / r[s]:.1f}x" for s in specs[1:]) for ctx, r in rows.items()))
+    print("recompute fraction: " + ", ".join(f"{s} {rows[max(rows)][s + '_recompute']:.3f}" for s in specs))
     payload = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": "llama3-8b-shape-random",
                "chunk": args.chunk, "date": time.strftime("%Y-%m-%d"), "rows": rows}
     with open(args.json, "w") as f:
