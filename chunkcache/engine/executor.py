@@ -12,7 +12,7 @@ a chunk placed alone after the template prefix reuses keys equal to a fresh comp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -37,7 +37,6 @@ class PrefillResult:
     computed_per_layer: list[int]  # |S_l|
     context_computed_per_layer: list[int]  # |S_l ∩ chunk tokens|
     stats: AttentionStats | None = None
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _fill(buf: torch.Tensor, layout: Layout, prefix: ChunkRecord | None, records: list[ChunkRecord | None],
