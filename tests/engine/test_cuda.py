@@ -50,3 +50,17 @@ def test_cuda_full_and_reuse_identities(dtype, tol):
         d = make_strategy(spec).decide(Request(layout, [[r] for r in recs], model.shape.n_layers))
         out = partial_prefill(model, ids, layout, prefix, d.records, d.plan)
         assert torch.isfinite(out.logits).all(), spec
+
+
+def test_cuda_greedy_decode_matches_transformers():
+    from chunkcache.engine.decode import generate
+
+    model = _model(torch.float32)
+    ids = torch.randint(0, 1000, (200,), device="cuda")
+    layout = Layout(Span(0, 0), [], Span(0, 200))
+    pre = partial_prefill(model, ids, layout, None, [], Plan(torch.arange(200)), reserve=10)
+    ours = list(generate(model, pre, 10, stop_ids=set()))
+    with torch.inference_mode():
+        ref = model.hf.generate(ids[None], max_new_tokens=10, do_sample=False, eos_token_id=None,
+                                pad_token_id=0)[0, 200:].tolist()
+    assert ours == ref
