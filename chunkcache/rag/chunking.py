@@ -17,7 +17,7 @@ _MARKUP = {".md": "markdown", ".markdown": "markdown", ".html": "markdown", ".ht
 
 
 def chunk_document(
-    path: Path, text: str, count_tokens: TokenCounter, max_tokens: int = 384
+    path: Path, text: str, count_tokens: TokenCounter, max_tokens: int = 256
 ) -> list[Chunk]:
     """Split ``text`` (the document read from ``path``) into chunks of at most ``max_tokens`` tokens.
 

@@ -36,6 +36,9 @@ from chunkcache.rag.readers import decode_document, iter_files
 
 log = logging.getLogger(__name__)
 
+# Chunk budget in LLM tokens: the embedder reads at most 256 word pieces (MAX_TOKENS), so a larger chunk
+# would be embedded by its head only and retrieved for the wrong reasons.
+CHUNK_TOKENS = 256
 EMBED_SLICE = 256  # texts per embed call: bounds memory and sets the progress bar's granularity
 PRECOMPUTE_SLICE = 8  # chunks per precompute call, for the same reasons
 
@@ -77,7 +80,7 @@ def ingest(
     on_chunk_removed: Callable[[str], None],
     precompute: Callable[[list[tuple[str, str]]], None] | None = None,
     is_cached: Callable[[str], bool] | None = None,
-    max_tokens: int = 384,
+    max_tokens: int = CHUNK_TOKENS,
     progress: bool = True,
 ) -> IngestReport:
     """Index the documents under ``paths`` incrementally and return what changed.
