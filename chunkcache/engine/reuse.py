@@ -155,11 +155,3 @@ class ReuseEngine:
 
     def generate(self, pre: Prefilled, max_new_tokens: int, sampling: Sampling = Sampling()) -> Iterator[int]:
         return generate(self.model, pre.result, max_new_tokens, self.stop_ids, sampling)
-
-    def answer(self, chunks: list[list[int]], question: str, strategy: Strategy, max_new_tokens: int = 64,
-               sampling: Sampling = Sampling()) -> tuple[str, Prefilled]:
-        """Greedy (or sampled) answer text and the prefill it came from."""
-        q = self.template.encode_question(question)
-        pre = self.prefill(chunks, q, strategy, reserve=max_new_tokens)
-        tokens = list(self.generate(pre, max_new_tokens, sampling))
-        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), pre
