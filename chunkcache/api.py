@@ -20,7 +20,7 @@ from pathlib import Path
 from chunkcache.engine.decode import Sampling
 from chunkcache.engine.reuse import ReuseEngine
 from chunkcache.models.loader import DEFAULT_MODEL, canonical_name, load_model
-from chunkcache.rag import Embedder, Hit, IngestReport, VectorIndex, ingest
+from chunkcache.rag import Embedder, Hit, IngestReport, VectorIndex, ingest, require_paths
 from chunkcache.store import DiskTier, MemoryTier, TieredStore, store_lock
 from chunkcache.strategies import DEFAULT_STRATEGY, make_strategy
 
@@ -134,9 +134,7 @@ class Engine:
     def ingest(self, paths: list[str | os.PathLike], progress: bool = True) -> IngestReport:
         """Index files and folders incrementally and precompute the new chunks' caches."""
         targets = [Path(p) for p in paths]
-        for p in targets:
-            if not p.exists():
-                raise FileNotFoundError(f"path {p} does not exist")
+        require_paths(targets)  # before the lock and the embedder load
         with store_lock(self.root, timeout=600):
             return ingest(targets, self.index, self.embedder, self._count_tokens, self._chunk_key,
                           on_chunk_removed=self.reuse.store.delete, precompute=self._precompute,

@@ -58,9 +58,9 @@ def _engine(args: argparse.Namespace, **kw):
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    for p in args.paths:
-        if not p.exists():
-            raise FileNotFoundError(f"path {p} does not exist")
+    from chunkcache.rag.readers import require_paths
+
+    require_paths(args.paths)  # before the model loads
     with _engine(args) as eng:
         r = eng.ingest(args.paths, progress=True)
     print(f"files: {r.files_seen} seen, {r.files_added} added, {r.files_updated} updated, "

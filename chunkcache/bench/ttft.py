@@ -14,7 +14,6 @@ must not be slower than.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import time
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from chunkcache.engine.executor import partial_prefill
-from chunkcache.engine.prompt import Layout, Span
+from chunkcache.engine.prompt import Layout, Span, template_key
 from chunkcache.kv.build import isolated_record, template_record
 from chunkcache.models.loader import wrap
 from chunkcache.strategies import make_strategy
@@ -45,7 +44,7 @@ class SyntheticTemplate:
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.key = hashlib.sha256(repr(self.prefix_ids).encode()).hexdigest()[:16]
+        self.key = template_key(self.prefix_ids)
 
 
 def build_model(layers: int | None, device: str):

@@ -51,6 +51,11 @@ class Layout:
         return sum(len(c) for c in self.chunks)
 
 
+def template_key(prefix_ids: list[int]) -> str:
+    """Hash of a template prefix: part of every chunk's cache identity (records are computed after it)."""
+    return hashlib.sha256(repr(list(prefix_ids)).encode()).hexdigest()[:16]
+
+
 class PromptTemplate:
     """Splits the model's chat template around the context so the three parts tokenize separately.
 
@@ -75,8 +80,7 @@ class PromptTemplate:
 
     @property
     def key(self) -> str:
-        """Hash of the template prefix: part of every chunk's cache identity (records are computed after it)."""
-        return hashlib.sha256(repr(self.prefix_ids).encode()).hexdigest()[:16]
+        return template_key(self.prefix_ids)
 
     def encode_chunk(self, text: str) -> list[int]:
         """A chunk's token ids, tokenized alone."""

@@ -12,7 +12,7 @@ from chunkcache.rag.chunking import chunk_document
 from chunkcache.rag.embedder import Embedder, packaged_model_dir
 from chunkcache.rag.index import Hit, VectorIndex
 from chunkcache.rag.ingest import IngestReport, document_key, ingest
-from chunkcache.rag.readers import SUPPORTED_SUFFIXES, decode_document, iter_files, read_document
+from chunkcache.rag.readers import SUPPORTED_SUFFIXES, decode_document, iter_files, read_document, require_paths
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
@@ -30,4 +30,5 @@ __all__ = [
     "llm_text",
     "packaged_model_dir",
     "read_document",
+    "require_paths",
 ]

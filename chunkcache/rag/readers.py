@@ -28,6 +28,13 @@ SUPPORTED_SUFFIXES = PROSE_SUFFIXES | HTML_SUFFIXES | CODE_SUFFIXES
 SKIPPED_DIRS = frozenset({"node_modules", "__pycache__"})
 
 
+def require_paths(paths: list[Path]) -> None:
+    """Raise one clear ``FileNotFoundError`` naming every path that does not exist."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"path does not exist: {', '.join(missing)}")
+
+
 def iter_files(paths: list[Path]) -> Iterator[Path]:
     """Yield the supported files named by ``paths``, each once, in a deterministic order.
 
@@ -37,9 +44,7 @@ def iter_files(paths: list[Path]) -> Iterator[Path]:
     skipped. Folders are walked in sorted order so that ingestion order, and thus chunk ids, are
     reproducible. Every path is checked before anything is yielded, so a typo fails fast.
     """
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"no such file or directory: {', '.join(missing)}")
+    require_paths(paths)
     seen: set[Path] = set()
     for root in paths:
         for path in _walk(root):
