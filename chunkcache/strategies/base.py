@@ -66,6 +66,9 @@ class Strategy(ABC):
     """Base class: subclasses set ``name`` and implement ``select`` (and may override ``choose_variants``)."""
 
     name: str = ""
+    # The constructor parameter that sets how much is recomputed (what ``chunkcache calibrate`` tunes);
+    # None for strategies with a fixed budget.
+    budget_param: str | None = None
 
     def choose_variants(self, req: Request) -> list[ChunkRecord | None]:
         """Per chunk: the variant computed after exactly the chunks that precede it now, else the isolated

@@ -52,6 +52,7 @@ class BlendPlan(Plan):
 
 class CacheBlend(Strategy):
     name = "cacheblend"
+    budget_param = "ratio"
 
     def __init__(self, ratio: float = 0.15, check_layer: int = 1, deviation: str = "v") -> None:
         if not 0.0 <= ratio <= 1.0:

@@ -69,6 +69,7 @@ def fix_tokens(record: ChunkRecord, fraction: float) -> torch.Tensor:
 
 class CacheCraft(Strategy):
     name = "cachecraft"
+    budget_param = "alpha"
 
     def __init__(self, alpha: float = 0.3) -> None:
         if alpha < 0:

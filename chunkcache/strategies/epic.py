@@ -16,6 +16,7 @@ from chunkcache.strategies.base import Plan, Request, Strategy, is_exact
 
 class Epic(Strategy):
     name = "epic"
+    budget_param = "k"
 
     def __init__(self, k: int = 16) -> None:
         if k < 0:
