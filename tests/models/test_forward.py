@@ -47,3 +47,38 @@ def test_missing_model_directory(tmp_path):
         resolve_model_dir(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="config.json"):
         resolve_model_dir(tmp_path)
+
+
+def test_qwen2_config_with_layer_types_matches_transformers():
+    """A Qwen2 config lists ``layer_types`` (for attention windows) while its rotary module takes no layer
+    type: a small random-weight Qwen2 must load and match transformers (this used to raise a TypeError)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from chunkcache.models.loader import wrap
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      layer_types=["full_attention"] * 3)
+    hf = Qwen2ForCausalLM(cfg).eval()
+    model = wrap(hf)
+    ids = torch.randint(0, 512, (40,))
+    ours = _full_logits(model, ids).logits
+    with torch.inference_mode():
+        ref = hf(ids[None]).logits[0, -1].float()
+    assert torch.max(torch.abs(ours - ref)).item() < 1e-4
+
+
+@pytest.mark.slow
+def test_evaluation_model_matches_transformers():
+    """The packaged evaluation model (Qwen2.5-Coder-1.5B-Instruct, ``scripts/install.sh --eval-model``)."""
+    try:
+        model, _ = load_model("qwen2.5-coder-1.5b")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    assert model.config.model_type == "qwen2" and model.shape.n_layers == 28
+    ids = torch.randint(10, 30000, (300,), generator=torch.Generator().manual_seed(2))
+    ours = _full_logits(model, ids).logits
+    with torch.inference_mode():
+        ref = model.hf(ids[None]).logits[0, -1].float()
+    assert torch.max(torch.abs(ours - ref)).item() < 2e-3
