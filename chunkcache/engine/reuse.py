@@ -16,6 +16,7 @@ import torch
 
 from chunkcache.engine.decode import Sampling, generate
 from chunkcache.engine.executor import PrefillResult, partial_prefill
+from chunkcache.engine.probe import probe_question
 from chunkcache.engine.prompt import Layout, PromptTemplate
 from chunkcache.kv.build import STORE_DTYPE, capture, isolated_record, kv_fingerprint, template_record
 from chunkcache.kv.record import ChunkRecord, chunk_hash
@@ -127,7 +128,10 @@ class ReuseEngine:
         cands = self.candidates(chunk_ids) if strategy.name != "full" else [[] for _ in chunks]
         _sync(dev)
         t1 = time.perf_counter()
-        decision = strategy.decide(Request(layout, cands, self.model.shape.n_layers))
+        def probe(records: list[ChunkRecord | None], layers: list[int]) -> torch.Tensor:
+            return probe_question(self.model, ids, layout, self.prefix, records, layers)
+
+        decision = strategy.decide(Request(layout, cands, self.model.shape.n_layers, probe))
         missed = [i for i, c in enumerate(cands) if not c]
         learn = (bool(missed) and strategy.name != "full") or capture_variants
         stats = AttentionStats(layout, self.model.shape.n_layers) if learn else None

@@ -6,12 +6,13 @@ from chunkcache.strategies.base import Plan, Request, Strategy
 from chunkcache.strategies.cacheblend import CacheBlend
 from chunkcache.strategies.cachecraft import CacheCraft
 from chunkcache.strategies.epic import Epic
+from chunkcache.strategies.focus import Focus
 from chunkcache.strategies.full import Full
 from chunkcache.strategies.naive import Naive
 from chunkcache.strategies.prefix import Prefix
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Full, Prefix, Naive, Epic, CacheBlend, CacheCraft)
+    cls.name: cls for cls in (Full, Prefix, Naive, Epic, CacheBlend, CacheCraft, Focus)
 }
 DEFAULT_STRATEGY = "cachecraft"
 

@@ -9,6 +9,7 @@ and every plan reports what it recomputes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,9 @@ class Request:
     layout: Layout
     candidates: list[list[ChunkRecord]]
     n_layers: int
+    # The engine's question probe (engine/probe.py): given the chosen records and layers, the question's
+    # attention to every prompt position [L]. None where no model is at hand.
+    probe: Callable[[list[ChunkRecord | None], list[int]], torch.Tensor] | None = None
 
     def chunk_prefix_ids(self, i: int) -> list[str]:
         return self.layout.chunk_ids[:i]

@@ -1,0 +1,51 @@
+"""The question probe: what the question attends to in the reused context, before anything is repaired.
+
+A query-aware strategy (strategies/focus.py) must know which context tokens the question needs before it
+chooses what to recompute. The probe runs the ``naive`` plan — only the question's tokens, at every layer,
+over the cached chunk K/V placed at their new positions — and records, at the chosen layers, the attention
+probabilities of the question rows to every key (softmax over all keys, so the template prefix and the
+question itself share the denominator). This is the "prophet" pass of ProphetKV (arXiv 2602.02579) and
+the query pass of QCFuse (arXiv 2606.05875, over the full context rather than its anchors).
+
+Cost: |question| tokens through every layer plus one explicit softmax of |question| × L per probed layer,
+small next to the r·L context tokens the plan then recomputes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from chunkcache.engine.executor import partial_prefill
+from chunkcache.engine.prompt import Layout
+from chunkcache.kv.record import ChunkRecord
+from chunkcache.models.base import CausalLM
+from chunkcache.strategies.base import Plan
+
+
+class QuestionAttention:
+    """Executor observer: mean attention of the question rows (over heads and rows) to each key position,
+    summed over the probed layers and divided by their number."""
+
+    def __init__(self, layout: Layout, layers: list[int]) -> None:
+        self.layout = layout
+        self.layers = set(layers)
+        self.scores = torch.zeros(layout.length)
+
+    def observe(self, model: CausalLM, layer: int, q_rot: torch.Tensor, k_rot: torch.Tensor,
+                positions: torch.Tensor) -> None:
+        if layer not in self.layers:
+            return
+        rows = torch.nonzero(positions >= self.layout.question.start).squeeze(1)
+        probs = model.attention_probs(layer, q_rot[:, rows], k_rot, positions[rows])  # [H, q, L]
+        self.scores += probs.mean(dim=(0, 1)).cpu() / len(self.layers)
+
+
+def probe_question(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: ChunkRecord | None,
+                   records: list[ChunkRecord | None], layers: list[int]) -> torch.Tensor:
+    """Per prompt position [L]: the question's mean attention at ``layers`` over the reused context.
+    Chunks without a record (None) have no KV to reuse, so the probe computes them too."""
+    missing = [span.range() for span, rec in zip(layout.chunks, records) if rec is None]
+    obs = QuestionAttention(layout, layers)
+    plan = Plan(torch.cat([*missing, layout.question.range()]))
+    partial_prefill(model, ids, layout, prefix, records, plan, stats=obs)
+    return obs.scores
