@@ -109,10 +109,12 @@ class Calibration:
 
 # --- input checks (cheap: the CLI runs them before the model loads) -----------------------------------
 
-def check_target(target: float) -> float:
+def check_settings(target: float, n: int, k: int, max_new_tokens: int) -> None:
+    """The fidelity target is in (0, 1]; the question count, top-k and answer length are at least 1."""
     if not 0.0 < target <= 1.0:
         raise ValueError(f"--target must be in (0, 1], got {target}")
-    return target
+    if n < 1 or k < 1 or max_new_tokens < 1:
+        raise ValueError("-n, -k and --max-new-tokens must be at least 1")
 
 
 def parse_grid(text: str) -> list[Number]:
@@ -285,9 +287,7 @@ def calibrate(eng: Engine, target: float, strategy: str, questions: list[str] | 
     """Walk the grid of ``strategy``'s budget upward until fidelity reaches ``target`` (module docstring).
 
     ``questions`` None synthesizes ``n`` from the store; ``on_point`` sees each measured value as it lands."""
-    check_target(target)
-    if n < 1 or k < 1 or max_new_tokens < 1:
-        raise ValueError("-n, -k and --max-new-tokens must be at least 1")
+    check_settings(target, n, k, max_new_tokens)
     param, specs = candidates(strategy, grid)
     if questions is None:
         chunk_texts = [hit.text for hit in eng.index.live_chunks()]

@@ -133,13 +133,11 @@ def _cache(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from chunkcache.api import MANIFEST
-    from chunkcache.calibrate import Point, candidates, check_target, parse_grid, read_questions
+    from chunkcache.calibrate import Point, candidates, check_settings, parse_grid, read_questions
     from chunkcache.strategies import DEFAULT_STRATEGY
 
     # every input check before the model loads
-    check_target(args.target)
-    if args.n < 1 or args.k < 1 or args.max_new_tokens < 1:
-        raise ValueError("-n, -k and --max-new-tokens must be at least 1")
+    check_settings(args.target, args.n, args.k, args.max_new_tokens)
     spec = args.strategy or DEFAULT_STRATEGY
     grid = parse_grid(args.grid) if args.grid is not None else None
     param, _ = candidates(spec, grid)
