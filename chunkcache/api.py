@@ -2,7 +2,8 @@
 
 A store directory holds everything a deployment needs::
 
-    <store>/store.json   which model (and template) the caches belong to
+    <store>/store.json   which model (and template) the caches belong to, and the calibrated strategy
+                         setting (``"calibration"``, written by ``chunkcache calibrate``; see calibrate.py)
     <store>/index/       SQLite metadata + faiss HNSW index (rag/index.py)
     <store>/kv/          one safetensors file per chunk-record variant (store/disk.py)
     <store>/.lock        held while ingesting, so two processes never interleave writes
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chunkcache.calibrate import Calibration, Point, calibrate, read_questions
 from chunkcache.engine.decode import Sampling
 from chunkcache.engine.reuse import ReuseEngine
 from chunkcache.models.loader import DEFAULT_MODEL, canonical_name, load_model
@@ -27,6 +29,7 @@ from chunkcache.strategies import DEFAULT_STRATEGY, make_strategy
 STORE_ENV = "CHUNKCACHE_STORE"
 DEFAULT_STORE = ".chunkcache"
 MANIFEST = "store.json"
+CALIBRATION = "calibration"  # store.json key of the saved calibration record
 
 
 class StoreMismatchError(ValueError):
@@ -78,18 +81,27 @@ def resolve_store(store: str | os.PathLike | None) -> Path:
 
 
 class Engine:
-    """Ingest documents, retrieve chunks, answer questions reusing chunk caches (see module docstring)."""
+    """Ingest documents, retrieve chunks, answer questions reusing chunk caches (see module docstring).
+
+    The reuse strategy is ``strategy`` when given (a spec such as ``"cacheblend:ratio=0.3"``), else the
+    setting ``chunkcache calibrate`` saved in the store, else ``DEFAULT_STRATEGY``; ``strategy_spec`` and
+    ``strategy_source`` (``"explicit"``, ``"calibrated"`` or ``"default"``) say which, and every answer's
+    stats repeat them.
+    """
 
     def __init__(self, store: str | os.PathLike | None = None, model: str = DEFAULT_MODEL,
-                 strategy: str = DEFAULT_STRATEGY, device: str = "cpu", k: int = 5,
+                 strategy: str | None = None, device: str = "cpu", k: int = 5,
                  max_new_tokens: int = 128) -> None:
         self.root = resolve_store(store)
-        self.strategy = make_strategy(strategy)
+        if strategy:
+            make_strategy(strategy)  # a bad spec fails before the model loads
         self.k = k
         self.max_new_tokens = max_new_tokens
+        self.model_name = canonical_name(model)
         lm, tok = load_model(model, device=device)
         self.reuse = ReuseEngine(lm, tok, store=MemoryTier(1 << 30))
-        self._check_manifest(canonical_name(model))
+        self._check_manifest(self.model_name)
+        self.use_strategy(strategy)
         self.kv = DiskTier(self.root / "kv", self.reuse.fingerprint)
         self.reuse.store = TieredStore([self.reuse.store, self.kv])
         self._embedder: Embedder | None = None
@@ -105,9 +117,48 @@ class Engine:
                     f"store {self.root} was made by model {theirs.get('model')!r}, not {model!r}: "
                     f"use --model {theirs.get('model')} or another --store")
         else:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(mine))
-            os.replace(tmp, path)
+            self._write_manifest(mine)
+
+    def _read_manifest(self) -> dict:
+        return json.loads((self.root / MANIFEST).read_text())
+
+    def _write_manifest(self, manifest: dict) -> None:
+        """Replace store.json atomically (a per-process temp file, then ``os.replace``)."""
+        path = self.root / MANIFEST
+        tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, path)
+
+    @property
+    def calibration(self) -> dict | None:
+        """The calibration record saved in store.json, or None (see calibrate.py for its fields)."""
+        return self._read_manifest().get(CALIBRATION)
+
+    def save_calibration(self, record: dict) -> None:
+        """Store ``record`` as the store's calibrated setting; an engine not told a strategy switches to it."""
+        manifest = self._read_manifest()
+        manifest[CALIBRATION] = record
+        self._write_manifest(manifest)
+        if self.strategy_source != "explicit":
+            self.use_strategy(None)
+
+    def use_strategy(self, spec: str | None) -> None:
+        """Answer with ``spec``; None means the store's calibrated setting, else ``DEFAULT_STRATEGY``."""
+        calibration = None if spec else self.calibration
+        if spec:
+            source = "explicit"
+        elif calibration:
+            spec, source = str(calibration.get("strategy", "")), "calibrated"
+        else:
+            spec, source = DEFAULT_STRATEGY, "default"
+        try:
+            self.strategy = make_strategy(spec)
+        except ValueError as e:
+            if source != "calibrated":
+                raise
+            raise ValueError(f"the calibrated strategy {spec!r} in {self.root / MANIFEST} is unusable ({e}): "
+                             "run `chunkcache calibrate` again or pass --strategy") from None
+        self.strategy_spec, self.strategy_source = spec, source
 
     @property
     def embedder(self) -> Embedder:
@@ -146,17 +197,22 @@ class Engine:
             raise ValueError("the question is empty")
         return self.index.search(self.embedder.embed([question])[0], k or self.k)
 
-    def ask(self, question: str, k: int | None = None, strategy: str | None = None,
-            on_text: Callable[[str], None] | None = None, sampling: Sampling = Sampling()) -> Answer:
-        """Retrieve, assemble, reuse caches, answer. ``on_text`` receives the answer as it streams."""
-        t0 = time.perf_counter()
+    def prompt(self, question: str, k: int | None = None) -> tuple[list[Hit], list[list[int]], list[int]]:
+        """What ``ask`` feeds the model: the top-k hits, their chunks' token ids and the question's ids."""
         hits = self.retrieve(question, k)
         if not hits:
             raise ValueError(f"the store {self.root} has no documents: run `chunkcache ingest PATH` first")
+        chunks = [self.reuse.template.encode_chunk(h.llm_text) for h in hits]
+        return hits, chunks, self.reuse.template.encode_question(question)
+
+    def ask(self, question: str, k: int | None = None, strategy: str | None = None,
+            on_text: Callable[[str], None] | None = None, sampling: Sampling = Sampling()) -> Answer:
+        """Retrieve, assemble, reuse caches, answer. ``on_text`` receives the answer as it streams.
+        ``strategy`` (a spec) overrides the engine's strategy for this question."""
+        t0 = time.perf_counter()
+        hits, chunks, q = self.prompt(question, k)
         t1 = time.perf_counter()
         strat = make_strategy(strategy) if strategy else self.strategy
-        chunks = [self.reuse.template.encode_chunk(h.llm_text) for h in hits]
-        q = self.reuse.template.encode_question(question)
         pre = self.reuse.prefill(chunks, q, strat, reserve=self.max_new_tokens)
         tokens: list[int] = []
         shown = ""
@@ -172,12 +228,31 @@ class Engine:
         text = self.reuse.tokenizer.decode(tokens, skip_special_tokens=True).strip()
         stats = pre.stats.to_dict()
         stats["strategy"] = strat.name
+        stats["strategy_spec"] = strategy if strategy else self.strategy_spec
+        stats["strategy_source"] = "explicit" if strategy else self.strategy_source
         stats["ttft_ms"] = round(ttft if ttft is not None else (t2 - t0) * 1e3, 1)
         stats["new_tokens"] = len(tokens)
         stats["timings_ms"] = {"retrieve": round((t1 - t0) * 1e3, 1), **stats["timings_ms"],
                                "decode": round((t2 - t1) * 1e3 - sum(pre.stats.timings_ms.values()), 1),
                                "total": round((t2 - t0) * 1e3, 1)}
         return Answer(text, [Citation(h.path, h.start_line, h.end_line, h.score) for h in hits], stats)
+
+    def calibrate(self, target: float = 0.95, strategy: str | None = None,
+                  questions: str | os.PathLike | None = None, n: int = 20, k: int | None = None,
+                  max_new_tokens: int | None = None, grid: list[int | float] | None = None,
+                  progress: bool = True, on_point: Callable[[Point], None] | None = None) -> Calibration:
+        """Find the smallest budget of ``strategy`` (default ``DEFAULT_STRATEGY``) whose answers reach fidelity
+        ``target`` to full prefill on ``n`` questions (read from the ``questions`` file, else synthesized from
+        the store) and save it in store.json; when none does, nothing is saved (``result.chosen`` is None).
+        See calibrate.py."""
+        asked = read_questions(questions, n) if questions is not None else None
+        result = calibrate(self, target, strategy or DEFAULT_STRATEGY, asked,
+                           source="synthetic" if questions is None else str(questions), n=n, k=k or self.k,
+                           max_new_tokens=max_new_tokens or self.max_new_tokens, grid=grid, progress=progress,
+                           on_point=on_point)
+        if result.chosen is not None:
+            self.save_calibration(result.record(self.model_name))
+        return result
 
     def cache_stats(self) -> dict:
         """Records, bytes and hit rate of the disk tier, plus per-document chunk and cache counts."""

@@ -1,4 +1,4 @@
-"""``chunkcache`` command line: ingest, ask, cache stats|verify|clear, bench.
+"""``chunkcache`` command line: ingest, ask, cache stats|verify|clear, calibrate, bench.
 
 Every command goes through ``chunkcache.api.Engine`` (or the benchmark runner); bad input ends with a
 one-line ``error: ...`` on stderr and exit status 2.
@@ -19,10 +19,10 @@ def _engine_args(p: argparse.ArgumentParser, strategy: bool = False) -> None:
     p.add_argument("--model", default="default", help="packaged model name or HF model directory")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     if strategy:
-        from chunkcache.strategies import DEFAULT_STRATEGY
-
-        p.add_argument("--strategy", default=DEFAULT_STRATEGY,
-                       help="full, prefix, naive, epic, cacheblend or cachecraft (name[:param=value,...])")
+        p.add_argument("--strategy", default=None,
+                       help="full, prefix, naive, epic, cacheblend or cachecraft (name[:param=value,...]); "
+                            "default: the store's calibrated setting (chunkcache calibrate), else the "
+                            "package default")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     cache = sub.add_parser("cache", help="inspect or maintain the chunk caches")
     cache.add_argument("action", choices=["stats", "verify", "clear"])
     _engine_args(cache)
+
+    cal = sub.add_parser("calibrate", help="save the smallest strategy budget whose answers stay within a "
+                                           "fidelity target of full prefill on this store")
+    cal.add_argument("--target", type=float, default=0.95,
+                     help="fidelity to reach: mean ROUGE-L vs full prefill's answers, in (0, 1] (default 0.95)")
+    cal.add_argument("--strategy", default=None,
+                     help="strategy to tune, name[:param=value,...] without its budget parameter "
+                          "(default: the package default strategy)")
+    cal.add_argument("--questions", type=Path, default=None,
+                     help="file of questions, one per line (default: synthesized from the stored chunks)")
+    cal.add_argument("-n", type=int, default=20, help="questions to use (default 20)")
+    cal.add_argument("-k", type=int, default=5, help="chunks to retrieve per question, as ask (default 5)")
+    cal.add_argument("--max-new-tokens", type=int, default=128, help="answer length compared (default 128)")
+    cal.add_argument("--grid", default=None,
+                     help="comma-separated budget values to try (default: per strategy, e.g. ratio 0.05..0.5)")
+    _engine_args(cal)
 
     bench.add_arguments(sub.add_parser("bench", help="quality and speed of every reuse strategy"))
     return p
@@ -85,9 +101,9 @@ def _ask(args: argparse.Namespace) -> int:
     for i, c in enumerate(ans.citations, 1):
         print(f"  [{i}] {c}  (score {c.score:.2f})")
     t = s["timings_ms"]
-    print(f"\nTTFT {s['ttft_ms']:.0f} ms | strategy {s['strategy']} | chunks {s['chunks_hit']} hit, "
-          f"{s['chunks_missed']} missed | tokens {s['tokens_reused']} reused, {s['tokens_recomputed']} "
-          f"recomputed ({100 * s['recompute_fraction']:.1f}%)")
+    print(f"\nTTFT {s['ttft_ms']:.0f} ms | strategy {s['strategy_spec']} ({s['strategy_source']}) | "
+          f"chunks {s['chunks_hit']} hit, {s['chunks_missed']} missed | tokens {s['tokens_reused']} reused, "
+          f"{s['tokens_recomputed']} recomputed ({100 * s['recompute_fraction']:.1f}%)")
     print("time: " + ", ".join(f"{k} {v:.0f} ms" for k, v in t.items()))
     return 0
 
@@ -115,6 +131,44 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from chunkcache.api import MANIFEST
+    from chunkcache.calibrate import Point, candidates, check_settings, parse_grid, read_questions
+    from chunkcache.strategies import DEFAULT_STRATEGY
+
+    # every input check before the model loads
+    check_settings(args.target, args.n, args.k, args.max_new_tokens)
+    spec = args.strategy or DEFAULT_STRATEGY
+    grid = parse_grid(args.grid) if args.grid is not None else None
+    param, _ = candidates(spec, grid)
+    if args.questions is not None:
+        read_questions(args.questions, args.n)
+    rows: list[Point] = []
+
+    def row(p: Point) -> None:
+        if not rows:
+            print(f"{spec}: smallest {param} with fidelity >= {args.target} to full prefill "
+                  f"(k={args.k}, {args.max_new_tokens} new tokens)")
+            print(f"{param:>10}  {'fidelity':>8}  {'agreement':>9}  {'recompute':>9}")
+        rows.append(p)
+        mark = "  <- meets target" if p.fidelity >= args.target else ""
+        print(f"{p.value:>10}  {p.fidelity:>8.3f}  {p.first_token_agreement:>9.2f}  "
+              f"{100 * p.recompute_fraction:>8.1f}%{mark}", flush=True)
+
+    with _engine(args, k=args.k, max_new_tokens=args.max_new_tokens) as eng:
+        result = eng.calibrate(args.target, spec, args.questions, args.n, grid=grid, on_point=row)
+    c, best = result.chosen, result.best
+    if c is None:
+        print(f"error: no {param} in the grid reaches fidelity {args.target} on {len(result.questions)} questions "
+              f"(best {best.fidelity:.3f} at {best.spec}); nothing saved: try larger --grid values, a lower "
+              "--target, or --strategy full", file=sys.stderr)
+        return 1
+    asked = "synthetic questions" if result.source == "synthetic" else f"questions from {result.source}"
+    print(f"\nsaved {c.spec} (fidelity {c.fidelity:.3f}, recompute {100 * c.recompute_fraction:.1f}%, "
+          f"{len(result.questions)} {asked}) in {eng.root / MANIFEST}; ask uses it unless --strategy is given")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -123,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from chunkcache.models.base import UnsupportedModelError
     from chunkcache.store import StoreLockedError
 
-    handlers = {"ingest": _ingest, "ask": _ask, "cache": _cache}
+    handlers = {"ingest": _ingest, "ask": _ask, "cache": _cache, "calibrate": _calibrate}
     try:
         if args.command == "bench":
             from chunkcache.bench.command import main as bench_main
