@@ -8,6 +8,10 @@ all later layers. Shared records are never written: the buffers are copies.
 
 Identities this must satisfy (tests/engine/test_executor.py): S_l = all positions equals a full prefill;
 a chunk placed alone after the template prefix reuses keys equal to a fresh computation there.
+
+A plan may carry a ``placement`` (models/base.py ``Placement``): per-token RoPE positions instead of
+0..L-1, an attention graph over segments, and APE's tempered attention to context keys. Without one the
+executor runs exactly the plain causal path.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from chunkcache.engine.prompt import Layout
 from chunkcache.kv.record import ChunkRecord
 from chunkcache.kv.stats import AttentionStats
-from chunkcache.models.base import CausalLM
+from chunkcache.models.base import CausalLM, Placement
 from chunkcache.models.rope import RotaryTables, apply_rope
 from chunkcache.strategies.base import Plan
 
@@ -65,20 +69,28 @@ def partial_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: 
     ``prefix`` is the template prefix's record and ``records[i]`` the record used for chunk i (None: not
     cached, so the plan must compute it). ``reserve`` extra slots are allocated for decode. ``stats``
     collects Cache-Craft attention statistics of the computed chunk rows (record creation/capture only).
+    The plan's ``placement`` attribute, if it has one, lays the prompt out (module docstring).
     """
     s = model.shape
     dev, dt = model.device, model.dtype
     length = ids.shape[0]
-    if length > s.max_positions:
-        raise ValueError(f"prompt of {length} tokens exceeds the model's window of {s.max_positions}")
+    placement: Placement | None = getattr(plan, "placement", None)
+    if placement is not None and placement.positions.shape[0] != length:
+        raise ValueError("a placement must give one position per prompt token")
+    n_pos = length if placement is None else int(placement.positions.max()) + 1
+    if n_pos > s.max_positions:
+        raise ValueError(f"prompt of {n_pos} positions exceeds the model's window of {s.max_positions}")
     ids = ids.to(dev)
-    rotary = model.rotary(length + reserve)
+    rotary = model.rotary(max(length, n_pos) + reserve)
+    place = None if placement is None else placement.positions.to(dev)  # RoPE position of every token
     # Positions live on the host too, so bookkeeping never waits for the device (one sync per layer
     # would leave the GPU idle while the host queues the next layer's kernels).
     pos_host = plan.initial.cpu()
     plan.validate(pos_host, length)
     positions = pos_host.to(dev)
     h = model.embed(ids[positions])
+    rope_q = positions if place is None else place[positions]
+    mod = None if placement is None else placement.attention(positions, length)
     keys, values, keys_pre = [], [], []
     computed, context_computed = [], []
     in_context = torch.zeros(length, dtype=torch.bool)
@@ -96,7 +108,8 @@ def partial_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: 
         cos, sin = rotary.get(kind)
         idx = [i for i, t in enumerate(kinds) if t == kind]
         sel = slice(idx[0], idx[-1] + 1) if idx == list(range(idx[0], idx[-1] + 1)) else idx
-        k_rot_all[sel, :, :length] = apply_rope(k_pre_all[sel], cos[:length], sin[:length])
+        where = slice(0, length) if place is None else place
+        k_rot_all[sel, :, :length] = apply_rope(k_pre_all[sel], cos[where], sin[where])
     for layer in range(s.n_layers):
         k_pre, v_buf, k_rot = k_pre_all[layer], v_all[layer], k_rot_all[layer]
         q, k, v = model.qkv(layer, h)
@@ -105,10 +118,10 @@ def partial_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: 
         k_pre[:, positions] = k
         v_buf[:, positions] = v
         cos, sin = rotary.get(kinds[layer])
-        cos_q, sin_q = cos[positions], sin[positions]
+        cos_q, sin_q = cos[rope_q], sin[rope_q]
         k_rot[:, positions] = apply_rope(k, cos_q, sin_q)
         q_rot = apply_rope(q, cos_q, sin_q)
-        attn = model.attend(layer, q_rot, k_rot[:, :length], v_buf[:, :length], positions, length)
+        attn = model.attend(layer, q_rot, k_rot[:, :length], v_buf[:, :length], positions, length, mod)
         if stats is not None:
             stats.observe(model, layer, q_rot, k_rot[:, :length], positions)
         h = model.finish_layer(layer, h, attn)
@@ -124,6 +137,8 @@ def partial_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: 
                 plan.validate(nxt_host, length, within=pos_host)
                 h = h[torch.searchsorted(pos_host, nxt_host).to(dev)]
                 pos_host, positions = nxt_host, nxt_host.to(dev)
+                rope_q = positions if place is None else place[positions]
+                mod = None if placement is None else placement.attention(positions, length)
 
     logits = model.head(h[-1:])[0]
     return PrefillResult(logits, keys, values, keys_pre, length, rotary, computed, context_computed, stats)

@@ -44,6 +44,69 @@ class ModelShape:
     max_positions: int
 
 
+@dataclass(frozen=True)
+class AttentionMod:
+    """How attention departs from plain causal attention for the query rows of one ``attend`` call
+    (built by ``Placement.attention``)."""
+
+    visible: torch.Tensor | None  # bool [Tq, k_len], ANDed with the causal (and window) mask; None: all
+    context: torch.Tensor | None  # bool [k_len]: keys that tempered rows attend to with T and S; None: none
+    tempered: torch.Tensor | None  # bool [Tq]: rows whose attention to ``context`` keys is tempered
+    temperature: float = 1.0
+    scale: float = 1.0
+
+    @property
+    def tempers(self) -> bool:
+        return self.context is not None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A request's prompt laid out otherwise than as one causal sequence at positions 0..L-1.
+
+    * ``positions`` long [L]: the RoPE position of every prompt token (tokens may share one: parallel
+      encoding places every chunk in the same range).
+    * ``groups`` long [L] and ``sees`` bool [G, G]: an attention graph over segments. A token of group a
+      attends to an earlier (by index) token of group b only if ``sees[a, b]``. None: every earlier token.
+    * ``context`` bool [L] with ``temperature`` T and ``scale`` S: computed tokens outside ``context``
+      attend to ``context`` tokens with temperature T and the context's total weight rescaled by S
+      (APE, strategies/ape.py); T = S = 1 leaves attention unchanged.
+
+    Causality stays by token index; the sliding window too (as ``transformers`` masks by cache position).
+    """
+
+    positions: torch.Tensor
+    groups: torch.Tensor | None = None
+    sees: torch.Tensor | None = None
+    context: torch.Tensor | None = None
+    temperature: float = 1.0
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.positions.dim() != 1 or (self.positions.numel() and int(self.positions.min()) < 0):
+            raise ValueError("placement positions must be one non-negative position per token")
+        n = self.positions.shape[0]
+        if (self.groups is None) != (self.sees is None):
+            raise ValueError("a placement's groups and sees come together")
+        for name, t in (("groups", self.groups), ("context", self.context)):
+            if t is not None and t.shape != (n,):
+                raise ValueError(f"placement {name} must have one entry per token")
+        if self.temperature <= 0 or self.scale <= 0:
+            raise ValueError("attention temperature and scale must be > 0")
+
+    def attention(self, rows: torch.Tensor, k_len: int) -> AttentionMod | None:
+        """The modification for query rows ``rows`` (token indices) over keys 0..k_len-1; None if none."""
+        dev = rows.device
+        visible = None
+        if self.groups is not None:
+            g = self.groups.to(dev)
+            visible = self.sees.to(dev)[g[rows]][:, g[:k_len]]
+        if self.context is None or (self.temperature == 1.0 and self.scale == 1.0):
+            return None if visible is None else AttentionMod(visible, None, None)
+        context = self.context.to(dev)
+        return AttentionMod(visible, context[:k_len], ~context[rows], self.temperature, self.scale)
+
+
 class CausalLM:
     """A decoder-only LM driven layer by layer (see module docstring). Subclasses fill in the family."""
 
@@ -126,9 +189,14 @@ class CausalLM:
         return q, k, v
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               q_pos: torch.Tensor, k_len: int) -> torch.Tensor:
+               q_pos: torch.Tensor, k_len: int, mod: AttentionMod | None = None) -> torch.Tensor:
         """Attention of rotated queries q [H, Tq, D] at positions ``q_pos`` over rotated keys/values of
-        positions 0..k_len-1 (causal, plus the layer's sliding window). Returns [Tq, H*D]."""
+        positions 0..k_len-1 (causal, plus the layer's sliding window). Returns [Tq, H*D].
+
+        ``mod`` (a request's ``Placement``, see there) restricts which keys each query sees and tempers the
+        weight of context keys; None is plain causal attention."""
+        if mod is not None:
+            return self._attend_modified(layer, q, k, v, q_pos, k_len, mod)
         window = self.windows[layer]
         tq = q.shape[1]
         kwargs = dict(scale=self.scaling, enable_gqa=self.shape.n_heads != self.shape.n_kv_heads)
@@ -143,16 +211,46 @@ class CausalLM:
             out = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, **kwargs)
             if tq != k_len:
                 out = out[:, :, q_pos]
-        else:
-            mask = attention_mask(q_pos, k_len, window)
-            if q.is_cuda and kwargs["enable_gqa"]:
-                # CUDA's masked (memory-efficient) kernel has no GQA path: expand K/V rather than fall
-                # back to the math kernel, which would materialise [H, Tq, k_len] scores.
-                groups = self.shape.n_heads // self.shape.n_kv_heads
-                k, v = k.repeat_interleave(groups, 0), v.repeat_interleave(groups, 0)
-                kwargs["enable_gqa"] = False
-            out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, **kwargs)
-        return out[0].transpose(0, 1).reshape(tq, -1)
+            return out[0].transpose(0, 1).reshape(tq, -1)
+        return self._masked_sdpa(q, k, v, attention_mask(q_pos, k_len, window))
+
+    def _masked_sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """SDPA of q [H, Tq, D] over k, v [Hkv, k_len, D] under a boolean mask [Tq, k_len]. Returns [Tq, H*D]."""
+        kwargs = dict(scale=self.scaling, enable_gqa=self.shape.n_heads != self.shape.n_kv_heads)
+        if q.is_cuda and kwargs["enable_gqa"]:
+            # CUDA's masked (memory-efficient) kernel has no GQA path: expand K/V rather than fall
+            # back to the math kernel, which would materialise [H, Tq, k_len] scores.
+            groups = self.shape.n_heads // self.shape.n_kv_heads
+            k, v = k.repeat_interleave(groups, 0), v.repeat_interleave(groups, 0)
+            kwargs["enable_gqa"] = False
+        out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, **kwargs)
+        return out[0].transpose(0, 1).reshape(q.shape[1], -1)
+
+    def _attend_modified(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         q_pos: torch.Tensor, k_len: int, mod: AttentionMod) -> torch.Tensor:
+        """``attend`` under a request's ``AttentionMod``.
+
+        A mask-only modification runs the masked SDPA kernel. Tempering needs the context keys' LogSumExp,
+        which fused kernels do not return, so it falls back (CPU and CUDA alike) to an explicit float32
+        softmax over [H, Tq, k_len] scores: context logits s/T get the per-row bias (S·T − 1)·LSE_C, which
+        gives each context key the weight exp(s/T)·Z_C^(S·T−1) / (Z_C^(S·T) + Z_N) (strategies/ape.py).
+        """
+        mask = attention_mask(q_pos, k_len, self.windows[layer])
+        if mod.visible is not None:
+            mask &= mod.visible
+        if not mod.tempers:
+            return self._masked_sdpa(q, k, v, mask)
+        groups = self.shape.n_heads // self.shape.n_kv_heads
+        kk = k.repeat_interleave(groups, dim=0).float()
+        vv = v.repeat_interleave(groups, dim=0).float()
+        scores = torch.matmul(q.float(), kk.transpose(1, 2)) * self.scaling  # [H, Tq, k_len]
+        ctx = mod.tempered[:, None] & mod.context[None, :] & mask
+        scores = torch.where(ctx, scores / mod.temperature, scores)
+        lse_ctx = torch.logsumexp(scores.masked_fill(~ctx, float("-inf")), dim=-1, keepdim=True)
+        bias = (mod.scale * mod.temperature - 1.0) * torch.nan_to_num(lse_ctx, neginf=0.0)
+        scores = torch.where(ctx, scores + bias, scores).masked_fill(~mask, float("-inf"))
+        out = torch.matmul(torch.softmax(scores, dim=-1), vv).to(q.dtype)
+        return out.transpose(0, 1).reshape(q.shape[1], -1)
 
     def attention_probs(self, layer: int, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
         """Explicit attention probabilities [H, Tq, Tk] (float32) for rotated q and k of positions 0..Tk-1.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from chunkcache.strategies.ape import APE
 from chunkcache.strategies.base import Plan, Request, Strategy
 from chunkcache.strategies.cacheblend import CacheBlend
 from chunkcache.strategies.cachecraft import CacheCraft
@@ -12,7 +13,7 @@ from chunkcache.strategies.naive import Naive
 from chunkcache.strategies.prefix import Prefix
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Full, Prefix, Naive, Epic, CacheBlend, CacheCraft, Focus)
+    cls.name: cls for cls in (Full, Prefix, Naive, Epic, CacheBlend, CacheCraft, Focus, APE)
 }
 DEFAULT_STRATEGY = "cachecraft"
 
