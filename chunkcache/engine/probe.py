@@ -23,29 +23,31 @@ from chunkcache.strategies.base import Plan
 
 
 class QuestionAttention:
-    """Executor observer: mean attention of the question rows (over heads and rows) to each key position,
-    summed over the probed layers and divided by their number."""
+    """Executor observer: attention of the question rows to each key position, averaged over heads and
+    rows and over the probed layers. ``last_row``: only the prompt's last token — the one whose output is
+    the first answer token — instead of every question row."""
 
-    def __init__(self, layout: Layout, layers: list[int]) -> None:
+    def __init__(self, layout: Layout, layers: list[int], last_row: bool = False) -> None:
         self.layout = layout
         self.layers = set(layers)
+        self.first_row = layout.length - 1 if last_row else layout.question.start
         self.scores = torch.zeros(layout.length)
 
     def observe(self, model: CausalLM, layer: int, q_rot: torch.Tensor, k_rot: torch.Tensor,
                 positions: torch.Tensor) -> None:
         if layer not in self.layers:
             return
-        rows = torch.nonzero(positions >= self.layout.question.start).squeeze(1)
+        rows = torch.nonzero(positions >= self.first_row).squeeze(1)
         probs = model.attention_probs(layer, q_rot[:, rows], k_rot, positions[rows])  # [H, q, L]
         self.scores += probs.mean(dim=(0, 1)).cpu() / len(self.layers)
 
 
 def probe_question(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: ChunkRecord | None,
-                   records: list[ChunkRecord | None], layers: list[int]) -> torch.Tensor:
-    """Per prompt position [L]: the question's mean attention at ``layers`` over the reused context.
-    Chunks without a record (None) have no KV to reuse, so the probe computes them too."""
+                   records: list[ChunkRecord | None], layers: list[int], last_row: bool = False) -> torch.Tensor:
+    """Per prompt position [L]: the question's mean attention at ``layers`` over the reused context
+    (``QuestionAttention``). Chunks without a record (None) have no KV to reuse, so the probe computes them."""
     missing = [span.range() for span, rec in zip(layout.chunks, records) if rec is None]
-    obs = QuestionAttention(layout, layers)
+    obs = QuestionAttention(layout, layers, last_row)
     plan = Plan(torch.cat([*missing, layout.question.range()]))
     partial_prefill(model, ids, layout, prefix, records, plan, stats=obs)
     return obs.scores

@@ -128,8 +128,8 @@ class ReuseEngine:
         cands = self.candidates(chunk_ids) if strategy.name != "full" else [[] for _ in chunks]
         _sync(dev)
         t1 = time.perf_counter()
-        def probe(records: list[ChunkRecord | None], layers: list[int]) -> torch.Tensor:
-            return probe_question(self.model, ids, layout, self.prefix, records, layers)
+        def probe(records: list[ChunkRecord | None], layers: list[int], last_row: bool) -> torch.Tensor:
+            return probe_question(self.model, ids, layout, self.prefix, records, layers, last_row)
 
         decision = strategy.decide(Request(layout, cands, self.model.shape.n_layers, probe))
         missed = [i for i, c in enumerate(cands) if not c]

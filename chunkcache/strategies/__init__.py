@@ -15,7 +15,7 @@ from chunkcache.strategies.prefix import Prefix
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (Full, Prefix, Naive, Epic, CacheBlend, CacheCraft, Focus, APE)
 }
-DEFAULT_STRATEGY = "cachecraft"
+DEFAULT_STRATEGY = "focus"
 
 
 def make_strategy(spec: str) -> Strategy:

@@ -52,9 +52,10 @@ class Request:
     layout: Layout
     candidates: list[list[ChunkRecord]]
     n_layers: int
-    # The engine's question probe (engine/probe.py): given the chosen records and layers, the question's
-    # attention to every prompt position [L]. None where no model is at hand.
-    probe: Callable[[list[ChunkRecord | None], list[int]], torch.Tensor] | None = None
+    # The engine's question probe (engine/probe.py): given the chosen records, the layers and whether to
+    # read only the last prompt row, the question's attention to every prompt position [L]. None where no
+    # model is at hand.
+    probe: Callable[[list[ChunkRecord | None], list[int], bool], torch.Tensor] | None = None
 
     def chunk_prefix_ids(self, i: int) -> list[str]:
         return self.layout.chunk_ids[:i]

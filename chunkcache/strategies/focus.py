@@ -13,9 +13,13 @@ What. Two passes (ProphetKV's dual stage; QCFuse, arXiv 2606.05875, scores at cr
 
 1. Probe (engine/probe.py): run only the question over the reused, position-corrected chunk KV and take,
    for each context token j, its question attention
-       s(j) = mean_{l ∈ Λ} mean_{h, i ∈ question} softmax_j(q_{l,h,i} · k_{l,h,j} / √d)
-   over the layers Λ = {⌊f·n_layers⌋, ..., n_layers − 1} (default f = 0.5: the deeper half, where our
-   measurements on Qwen2.5 found attention to be about content rather than position).
+       s(j) = mean_{l ∈ Λ} mean_{h, i ∈ R} softmax_j(q_{l,h,i} · k_{l,h,j} / √d)
+   over the layers Λ = {⌊f·n_layers⌋, ..., n_layers − 1} (default f = 0: every layer, as ProphetKV's
+   re-implementations do) and the rows R: by default only the prompt's last token (``rows=last``), the
+   row that produces the first answer token; ``rows=all`` averages every question row. On the evaluation
+   model (Qwen2.5-Coder-1.5B, needle pilot) the question text's rows spread their attention over every
+   passage that shares the question's words — the distractors — while the last row reads the passage
+   that answers; with all rows the gold passage's tokens lost the budget on half the failures.
 2. Repair: recompute, at every layer, the global top ⌈ratio · N⌉ context tokens by s (N = tokens of the
    chunks whose record is not exact), plus the question and any chunk without a record. A chunk whose
    record was computed after exactly the chunks that now precede it is already right and never selected.
@@ -41,12 +45,14 @@ class Focus(Strategy):
     name = "focus"
     budget_param = "ratio"
 
-    def __init__(self, ratio: float = 0.15, from_layer: float = 0.5) -> None:
+    def __init__(self, ratio: float = 0.15, from_layer: float = 0.0, rows: str = "last") -> None:
         if not 0.0 <= ratio <= 1.0:
             raise ValueError("focus's ratio must be in [0, 1]")
         if not 0.0 <= from_layer < 1.0:
             raise ValueError("focus's from_layer must be in [0, 1)")
-        self.ratio, self.from_layer = ratio, from_layer
+        if rows not in ("last", "all"):
+            raise ValueError("focus's rows must be 'last' or 'all'")
+        self.ratio, self.from_layer, self.rows = ratio, from_layer, rows
 
     def probe_layers(self, n_layers: int) -> list[int]:
         return list(range(int(self.from_layer * n_layers), n_layers))
@@ -61,6 +67,6 @@ class Focus(Strategy):
         budget = math.ceil(self.ratio * candidates.numel() - 1e-9)
         if req.probe is None:
             raise ValueError("focus needs the engine's question probe (Request.probe)")
-        scores = req.probe(records, self.probe_layers(req.n_layers))[candidates]
+        scores = req.probe(records, self.probe_layers(req.n_layers), self.rows == "last")[candidates]
         order = torch.argsort(-scores, stable=True)[:budget]
         return Plan(torch.cat([must, candidates[order]]))

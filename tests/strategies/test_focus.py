@@ -24,9 +24,9 @@ def rec(cid: str, prefix: list[str] | None = None) -> ChunkRecord:
 
 
 def request(scores: torch.Tensor, cands=None, calls: list | None = None) -> Request:
-    def probe(records, layers):
+    def probe(records, layers, last_row):
         if calls is not None:
-            calls.append((records, layers))
+            calls.append((records, layers, last_row))
         return scores
 
     cands = cands if cands is not None else [[rec("A")], [rec("B")], [rec("C")]]
@@ -41,16 +41,17 @@ def test_global_top_tokens_by_question_attention():
     # budget ceil(0.15 * 20 stale tokens of B and C) = 3; A (exact after the template) and the template
     # prefix (3) are never candidates, however much the question reads them
     assert plan.initial.tolist() == [18, 27, 30] + QUESTION
-    (records, layers), = calls
+    (records, layers, last_row), = calls
     assert [r.chunk_id for r in records] == ["A", "B", "C"]
-    assert layers == [4, 5, 6, 7]  # the deeper half by default
+    assert layers == list(range(8)) and last_row  # every layer, the last prompt row by default
 
 
 def test_ties_break_by_position_and_layers_follow_from_layer():
     calls: list = []
-    plan = make_strategy("focus:ratio=0.1,from_layer=0.25").decide(request(torch.ones(40), calls=calls)).plan
+    spec = "focus:ratio=0.1,from_layer=0.25,rows=all"
+    plan = make_strategy(spec).decide(request(torch.ones(40), calls=calls)).plan
     assert plan.initial.tolist() == [15, 16] + QUESTION
-    assert calls[0][1] == list(range(2, 8))
+    assert calls[0][1:] == (list(range(2, 8)), False)
 
 
 def test_missing_record_is_computed_and_exact_variants_are_not_candidates():
@@ -67,6 +68,8 @@ def test_ratio_zero_is_naive_and_bad_parameters_are_refused():
         make_strategy("focus:ratio=1.5")
     with pytest.raises(ValueError, match="from_layer"):
         make_strategy("focus:from_layer=1")
+    with pytest.raises(ValueError, match="rows"):
+        make_strategy("focus:rows=first")
     with pytest.raises(ValueError, match="probe"):
         make_strategy("focus").decide(Request(LAYOUT, [[rec("A")], [rec("B")], [rec("C")]], LAYERS))
 
@@ -89,12 +92,13 @@ def test_probe_over_exact_records_equals_the_full_prefill_attention(smol_engine)
                if eng.store.get(cid, v).prefix_ids == pre.layout.chunk_ids[:pre.layout.chunk_ids.index(cid)]]
     assert len(records) == 3
     layers = list(range(eng.model.shape.n_layers))
-    probed = probe_question(eng.model, pre.ids, pre.layout, eng.prefix, records, layers)
-    reference = QuestionAttention(pre.layout, layers)
-    partial_prefill(eng.model, pre.ids, pre.layout, eng.prefix, [None] * 3, Plan(torch.arange(pre.layout.length)),
-                    stats=reference)
-    assert probed.sum().item() == pytest.approx(1.0, abs=1e-4)  # mean of softmax rows
-    assert torch.allclose(probed, reference.scores, atol=1e-5)
+    for last_row in (False, True):
+        probed = probe_question(eng.model, pre.ids, pre.layout, eng.prefix, records, layers, last_row)
+        reference = QuestionAttention(pre.layout, layers, last_row)
+        partial_prefill(eng.model, pre.ids, pre.layout, eng.prefix, [None] * 3,
+                        Plan(torch.arange(pre.layout.length)), stats=reference)
+        assert probed.sum().item() == pytest.approx(1.0, abs=1e-4)  # mean of softmax rows
+        assert torch.allclose(probed, reference.scores, atol=1e-5)
 
 
 def test_ratio_one_equals_full(smol):
