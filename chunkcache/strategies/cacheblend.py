@@ -31,7 +31,10 @@ class BlendPlan(Plan):
         self.budget = budget
         self.check_layer = check_layer
         self.deviation = deviation
-        self.selected: torch.Tensor | None = None
+        self.kept = self.initial  # the set returned last: after the prefill, the one computed at every layer
+
+    def computed_throughout(self) -> torch.Tensor:
+        return self.kept
 
     def wants_observation(self, layer: int) -> bool:
         return layer == self.check_layer
@@ -46,8 +49,8 @@ class BlendPlan(Plan):
         k = min(self.budget, int(is_cand.sum()))
         # stable order: sort by (-score, position) so ties resolve deterministically
         order = torch.argsort(-score, stable=True)[:k]
-        self.selected = positions[order]
-        return torch.unique(torch.cat([self.must.to(positions.device), self.selected]))
+        self.kept = torch.unique(torch.cat([self.must.to(positions.device), positions[order]]))
+        return self.kept
 
 
 class CacheBlend(Strategy):
