@@ -86,7 +86,8 @@ def test_missing_record_falls_back_to_full_for_that_chunk():
 
 
 def test_cacheblend_picks_highest_value_deviation_at_check_layer():
-    strat = make_strategy("cacheblend:ratio=0.1,check_layer=1")  # budget ceil(0.1 * 30) = 3 tokens
+    # candidates: B and C (A's isolated record is exact); budget ceil(0.15 * 20) = 3 tokens
+    strat = make_strategy("cacheblend:ratio=0.15,check_layer=1")
     plan = strat.decide(request()).plan
     assert isinstance(plan, BlendPlan)
     start = plan.initial
@@ -103,6 +104,57 @@ def test_cacheblend_picks_highest_value_deviation_at_check_layer():
     nxt = plan.next_positions(1, start, (k, fresh_v), (k, cached_v))
     assert nxt.tolist() == [17, 22, 30] + QUESTION
     assert plan.computed_throughout().tolist() == nxt.tolist()
+
+
+@pytest.mark.parametrize("ratio, budget", [(0.15, 3), (0.5, 10), (0.01, 1), (0.0, 0)])
+def test_cacheblend_budget_counts_only_candidate_chunks(ratio, budget):
+    """The exact first chunk is no candidate, so it does not inflate the budget (20 candidates, not 30)."""
+    plan = make_strategy(f"cacheblend:ratio={ratio}").decide(request()).plan
+    assert plan.keep == [budget]
+    exact_b = request([[rec("A")], [rec("B", ["A"], exact=True)], [rec("C")]])  # only C is a candidate
+    assert make_strategy(f"cacheblend:ratio={ratio}").decide(exact_b).plan.keep == [math.ceil(ratio * 10)]
+
+
+@pytest.mark.parametrize("spec", ["cacheblend:check_layer=3", "cacheblend:check_layer=9",
+                                  "cacheblend:check_layer=2,gradual=1", "cacheblend:gradual=2"])
+def test_cacheblend_check_layer_must_leave_a_layer_to_filter_for(spec):
+    with pytest.raises(ValueError, match="the model has 4 layers"):
+        make_strategy(spec).decide(request())
+
+
+def test_cacheblend_gradual_filtering_shrinks_over_layers():
+    """gradual=2, ratio 0.1, 40 candidate tokens (chunks B..E; A is exact): keep 2r, 1.5r, r of them at
+    layers 1, 2, 3, each time re-ranking the survivors by that layer's deviation."""
+    n_layers = 16
+    layout = Layout(Span(0, 5), [Span(5 + 10 * i, 15 + 10 * i) for i in range(5)], Span(55, 60),
+                    list("ABCDE"))
+    req = Request(layout, [[rec(c)] for c in "ABCDE"], n_layers)
+    plan = make_strategy("cacheblend:ratio=0.1,gradual=2").decide(req).plan
+    assert plan.keep == [8, 6, 4]
+    assert [plan.wants_observation(layer) for layer in range(5)] == [False, True, True, True, False]
+    question = list(range(55, 60))
+    positions = plan.initial
+    assert positions.tolist() == list(range(15, 60))
+    # deviation grows with position at layer 1 (keeps 47..54) and falls with it at layers 2 and 3, so the
+    # result is the lowest positions among layer 1's survivors, not the lowest candidates overall
+    kept = []
+    for layer, dev in ((1, lambda p: p), (2, lambda p: 1000 - p), (3, lambda p: 1000 - p)):
+        fresh = torch.zeros(1, positions.numel(), 2)
+        fresh[0, :, 0] = dev(positions.float())
+        zero = torch.zeros_like(fresh)
+        positions = plan.next_positions(layer, positions, (zero, fresh), (zero, zero))
+        assert positions.tolist()[-5:] == question
+        kept.append(positions.tolist()[:-5])
+    assert kept == [list(range(47, 55)), list(range(47, 53)), list(range(47, 51))]
+    assert plan.next_positions(4, positions, (zero, zero), None) is positions
+    assert plan.computed_throughout().tolist() == positions.tolist()
+
+
+def test_cacheblend_ratio_one_keeps_every_candidate():
+    plan = make_strategy("cacheblend:ratio=1").decide(request()).plan
+    start = plan.initial
+    v = torch.rand(1, start.numel(), 2)
+    assert plan.next_positions(1, start, (v, v), (v, torch.zeros_like(v))).tolist() == start.tolist()
 
 
 def test_exact_chunks_after_the_plan():
@@ -184,7 +236,8 @@ def test_strategies_are_deterministic():
 
 
 @pytest.mark.parametrize("spec", ["nope", "epic:k", "epic:k=-1", "cacheblend:ratio=2", "cachecraft:beta=1",
-                                  "cacheblend:deviation=q"])
+                                  "cacheblend:deviation=q", "cacheblend:gradual=-1", "cacheblend:check_layer=-1",
+                                  "cacheblend:check_layer=1.5"])
 def test_bad_strategy_specs(spec):
     with pytest.raises(ValueError):
         make_strategy(spec)
