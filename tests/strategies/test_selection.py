@@ -207,6 +207,20 @@ def test_cfo_formula():
     assert cfo(r, [], alpha=100.0) == 1.0  # clamped
 
 
+def test_cci_grows_with_attention_outside_the_chunk():
+    """Cache-Craft eq. 3: the more a chunk's tokens attend outside it relative to inside, the higher its CCI
+    (and its CFO, so more of it is recomputed)."""
+    low = rec("C", ["A", "B"], inter=[0.05, 0.05, 0.05])
+    high = rec("C", ["A", "B"], inter=[0.1, 0.3, 0.3])
+    assert high.cci() > low.cci()
+    assert cfo(high, [], 1.0) > cfo(low, [], 1.0)
+    # the same outside mass weighs more against less attention inside the chunk
+    assert rec("C", inter=[0.3], intra=20.0).cci() > rec("C", inter=[0.3], intra=50.0).cci()
+    # a record without statistics is assumed fully context-dependent
+    bare = ChunkRecord("C", list(range(10)), low.keys, low.values, "fp")
+    assert bare.cci() == 1.0 > high.cci()
+
+
 def test_cachecraft_recomputes_tokens_with_most_outside_attention():
     outside = [0.9, 0.1, 0.8, 0.2, 0.3, 0.05, 0.7, 0.0, 0.0, 0.0]
     req = request([[rec("A")], [rec("B", outside=outside)], [rec("C", outside=outside)]])
