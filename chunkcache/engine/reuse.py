@@ -4,6 +4,8 @@ Owns the model, the prompt template, the template prefix's record and a record s
 loads every stored variant of each chunk, lets the strategy choose variants and a plan, runs the partial
 prefill, then stores what the request taught: chunks that had no record get their in-context states
 captured as records (so the next question reuses them), and optionally every chunk's in-context variant.
+Each captured variant is marked exact or not from what the plan actually computed
+(``Decision.exact_chunks``), so a variant computed over stale states is never reused as if exact.
 """
 
 from __future__ import annotations
@@ -131,7 +133,8 @@ class ReuseEngine:
         def probe(records: list[ChunkRecord | None], layers: list[int], last_row: bool) -> torch.Tensor:
             return probe_question(self.model, ids, layout, self.prefix, records, layers, last_row)
 
-        decision = strategy.decide(Request(layout, cands, self.model.shape.n_layers, probe))
+        req = Request(layout, cands, self.model.shape.n_layers, probe)
+        decision = strategy.decide(req)
         missed = [i for i, c in enumerate(cands) if not c]
         learn = (bool(missed) and strategy.name != "full") or capture_variants
         stats = AttentionStats(layout, self.model.shape.n_layers) if learn else None
@@ -140,7 +143,7 @@ class ReuseEngine:
         _sync(dev)
         t2 = time.perf_counter()
         if learn:
-            self._learn(result, ids, layout, decision, stats, missed, capture_variants)
+            self._learn(result, ids, req, decision, stats, missed, capture_variants)
         rs = RequestStats(
             prompt_tokens=layout.length, context_tokens=layout.context_tokens,
             question_tokens=len(layout.question), chunks_hit=len(chunks) - len(missed),
@@ -150,11 +153,12 @@ class ReuseEngine:
                         "store": (time.perf_counter() - t2) * 1e3})
         return Prefilled(ids, layout, decision, result, rs)
 
-    def _learn(self, result: PrefillResult, ids: torch.Tensor, layout: Layout, decision: Decision,
+    def _learn(self, result: PrefillResult, ids: torch.Tensor, req: Request, decision: Decision,
                stats: AttentionStats | None, missed: list[int], every: bool) -> None:
-        indices = range(len(layout.chunks)) if every else missed
-        for rec in capture(self.fingerprint, result, ids, layout, decision.records, stats, list(indices),
-                           self.store_dtype):
+        indices = range(len(req.layout.chunks)) if every else missed
+        exact = decision.exact_chunks(req)  # after the prefill: a shrinking plan knows what it kept
+        for rec in capture(self.fingerprint, result, ids, req.layout, decision.records, stats, list(indices),
+                           exact, self.store_dtype):
             self.store.put(rec)
 
     def generate(self, pre: Prefilled, max_new_tokens: int, sampling: Sampling = Sampling()) -> Iterator[int]:

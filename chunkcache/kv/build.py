@@ -3,7 +3,9 @@
 * ``isolated``: at ingest, the chunk is prefilled alone right after the template prefix;
 * ``capture``: after a served request, each chunk's in-context K/V (as computed, fully or partly, in that
   request) becomes a variant keyed by the chunks that preceded it, so a later request with the same or a
-  similar prefix can pick it (Cache-Craft's variant choice).
+  similar prefix can pick it (Cache-Craft's variant choice). The variant is exact only when the request
+  computed it over exact states (``strategies.base.Decision.exact_chunks``); otherwise a later request
+  placing it after the same chunks still has to repair it.
 """
 
 from __future__ import annotations
@@ -61,15 +63,17 @@ def isolated_record(model: CausalLM, template: PromptTemplate, prefix: ChunkReco
     result = partial_prefill(model, ids, layout, prefix, [None], Plan(span.range()), stats=stats)
     keys, values = _slice(result, span, dtype)
     inter, intra, outside = stats.chunk(0)
-    return ChunkRecord(chunk_id, list(token_ids), keys, values, prefix.fingerprint, [], inter, intra, outside)
+    return ChunkRecord(chunk_id, list(token_ids), keys, values, prefix.fingerprint, [], inter, intra, outside,
+                       exact=True)
 
 
 def capture(fingerprint: str, result: PrefillResult, ids: torch.Tensor, layout: Layout,
             used: list[ChunkRecord | None], stats: AttentionStats | None, indices: list[int],
-            dtype: torch.dtype = STORE_DTYPE) -> list[ChunkRecord]:
+            exact: list[bool], dtype: torch.dtype = STORE_DTYPE) -> list[ChunkRecord]:
     """Variants of the request's chunks ``indices`` as computed in context (chunk 0 sits right after the
-    template prefix, so what is captured for it is its isolated record). Chunks none of whose tokens were recomputed are
-    skipped: their states are the reused record's. Without ``stats`` a variant keeps no statistics and
+    template prefix, so what is captured for it is its isolated record); ``exact[i]`` says whether chunk i's
+    states in this request are exact. Chunks none of whose tokens were recomputed are skipped: their states
+    are the reused record's. Without ``stats`` a variant keeps no statistics and
     Cache-Craft treats it with CCI 1. Statistics of layers/tokens that were not recomputed are taken from
     the layers/tokens that were (layer mean) or from the reused record (per-token outside attention)."""
     out = []
@@ -88,7 +92,7 @@ def capture(fingerprint: str, result: PrefillResult, ids: torch.Tensor, layout: 
         keys, values = _slice(result, span, dtype)
         token_ids = ids[span.start:span.end].tolist()
         out.append(ChunkRecord(layout.chunk_ids[i], token_ids, keys, values, fingerprint,
-                               list(layout.chunk_ids[:i]), inter, intra, outside))
+                               list(layout.chunk_ids[:i]), inter, intra, outside, exact=exact[i]))
     return out
 
 

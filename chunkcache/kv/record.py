@@ -5,6 +5,14 @@ tokenized on its own, so its ids are the same wherever it lands. A record is one
 the states it had when computed after ``prefix_ids`` (empty for an isolated precompute, the preceding
 chunks' hashes for a variant captured from a served request).
 
+A record is *exact* when its states are the ones a full prefill of ``template prefix | prefix chunks | chunk``
+gives: every token of the chunk was computed at every layer over exact states of everything before it.
+An isolated record is exact (it was prefilled right after exactly the template prefix). A captured variant
+is exact only if, in the request it comes from, the chunk and every chunk before it were either fully
+recomputed at every layer or reused from exact records in their own place (``engine/reuse.py`` decides);
+a variant captured from a partly recomputed request was computed over stale states and is not. Only an
+exact record placed after exactly its ``prefix_ids`` may be reused without repair (``strategies/base.is_exact``).
+
 Keys are stored before RoPE so placing the chunk at position p is one rotation (kv/rope.py).
 The attention statistics are the Cache-Craft (arXiv 2502.15734, section 4) inputs:
 
@@ -52,8 +60,11 @@ class ChunkRecord:
     inter: torch.Tensor | None = None  # [layers, max(1, len(prefix_ids))]
     intra: torch.Tensor | None = None  # [layers]
     outside: torch.Tensor | None = None  # [tokens]
+    exact: bool | None = None  # None: the default, exact for isolated records, not for captured variants
 
     def __post_init__(self) -> None:
+        if self.exact is None:
+            self.exact = not self.prefix_ids
         if not self.token_ids:
             raise ValueError("a chunk record needs at least one token")
         if len(self.keys) != len(self.values):
@@ -101,4 +112,5 @@ class ChunkRecord:
             inter=self.inter,
             intra=self.intra,
             outside=self.outside,
+            exact=self.exact,
         )

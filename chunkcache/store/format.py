@@ -6,15 +6,20 @@ decides), ``tokens`` (int64), and, when the record has them, ``inter``, ``intra`
 KV can be read while layer l computes (DESIGN section 4).
 
 Header metadata (strings): ``format``, ``format_version``, ``fingerprint``, ``chunk_id``,
-``prefix_ids`` (JSON list), ``n_layers``, ``digests`` (JSON: tensor name -> sha256 over its name,
-dtype, shape and raw bytes) and ``checksum``: sha256 over every (name, digest) pair in sorted name
-order, so it covers every tensor's name and bytes. Keeping the per-tensor digests lets a lazy layer
-read verify exactly the tensors it loads without hashing the whole file.
+``prefix_ids`` (JSON list), ``exact`` (``"1"`` or ``"0"``, see ``ChunkRecord``), ``n_layers``,
+``digests`` (JSON: tensor name -> sha256 over its name, dtype, shape and raw bytes) and ``checksum``:
+sha256 over every (name, digest) pair in sorted name order, so it covers every tensor's name and bytes.
+Keeping the per-tensor digests lets a lazy layer read verify exactly the tensors it loads without hashing
+the whole file.
 
 Readers raise :class:`CorruptRecordError` for anything that fails to parse or verify — a damaged
 or truncated file, another model's file (fingerprint mismatch), another format version, a file
 under the wrong chunk id or variant name — so the store can drop it and treat it as a miss.
 A missing file raises :class:`FileNotFoundError` as usual.
+
+Versions: 2 adds ``exact``. Version-1 files (written before records knew whether they were exact) are
+still read: without the flag, an isolated record is exact and a captured variant is not, which is
+``ChunkRecord``'s default.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from safetensors.torch import save_file
 from chunkcache.kv.record import ChunkRecord, variant_name
 
 FORMAT = "chunkcache-kv"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+_READABLE_VERSIONS = ("1", FORMAT_VERSION)
 _STATS = ("inter", "intra", "outside")
 # What a damaged file can make parsing raise; every one of them means "corrupt", never a crash.
 _PARSE_ERRORS = (SafetensorError, ValueError, KeyError, TypeError, RuntimeError)
@@ -75,6 +81,7 @@ def write_record(record: ChunkRecord, path: Path) -> None:
         "fingerprint": record.fingerprint,
         "chunk_id": record.chunk_id,
         "prefix_ids": json.dumps(list(record.prefix_ids)),
+        "exact": "1" if record.exact else "0",
         "n_layers": str(len(record.keys)),
         "digests": json.dumps(digests, sort_keys=True),
         "checksum": checksum(digests),
@@ -95,6 +102,7 @@ def read_record(path: Path, fingerprint: str, chunk_id: str, variant: str) -> Ch
                 values=[tensors[f"v.{layer}"] for layer in range(n_layers)],
                 fingerprint=fingerprint,
                 prefix_ids=meta["prefix_ids"],
+                exact=meta["exact"],
                 inter=tensors.get("inter"),
                 intra=tensors.get("intra"),
                 outside=tensors.get("outside"),
@@ -143,7 +151,7 @@ def _checked_file(
 def _check_header(
     raw: dict[str, str], names: set[str], fingerprint: str, chunk_id: str, variant: str
 ) -> dict[str, Any]:
-    if raw.get("format") != FORMAT or raw.get("format_version") != FORMAT_VERSION:
+    if raw.get("format") != FORMAT or raw.get("format_version") not in _READABLE_VERSIONS:
         raise CorruptRecordError(f"format {raw.get('format')!r} version {raw.get('format_version')!r}")
     if raw.get("fingerprint") != fingerprint:
         raise CorruptRecordError(f"fingerprint {raw.get('fingerprint')!r} is not this store's {fingerprint!r}")
@@ -152,6 +160,11 @@ def _check_header(
     prefix_ids = json.loads(raw["prefix_ids"])
     if not isinstance(prefix_ids, list) or variant_name(prefix_ids) != variant:
         raise CorruptRecordError(f"prefix {prefix_ids!r} is not variant {variant!r}")
+    exact = None  # version 1: ChunkRecord's default
+    if raw["format_version"] != "1":
+        if raw.get("exact") not in ("0", "1"):
+            raise CorruptRecordError(f"exact flag {raw.get('exact')!r} is not '0' or '1'")
+        exact = raw["exact"] == "1"
     n_layers = int(raw["n_layers"])
     kv_names = {f"{kind}.{layer}" for kind in "kv" for layer in range(n_layers)}
     if not kv_names | {"tokens"} <= names <= kv_names | {"tokens", *_STATS}:
@@ -159,7 +172,7 @@ def _check_header(
     digests = json.loads(raw["digests"])
     if not isinstance(digests, dict) or set(digests) != names or checksum(digests) != raw.get("checksum"):
         raise CorruptRecordError("checksum or tensor list does not match the header")
-    return {"n_layers": n_layers, "prefix_ids": prefix_ids}
+    return {"n_layers": n_layers, "prefix_ids": prefix_ids, "exact": exact}
 
 
 def _load(f: Any, name: str, digests: dict[str, str]) -> torch.Tensor:

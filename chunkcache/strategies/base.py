@@ -25,6 +25,12 @@ class Plan:
     def __init__(self, initial: torch.Tensor) -> None:
         self.initial = torch.unique(initial.long())  # sorted, deduplicated
 
+    def computed_throughout(self) -> torch.Tensor:
+        """Positions computed at every layer. Sets only shrink with depth, so this is the last layer's set;
+        a static plan computes ``initial`` everywhere. Plans that shrink override this; after the prefill
+        has run it is what exactness is judged from (``Decision.exact_chunks``)."""
+        return self.initial
+
     def wants_observation(self, layer: int) -> bool:
         """Whether ``next_positions`` needs the cached K/V of this layer's computed positions."""
         return False
@@ -66,6 +72,18 @@ class Decision:
     records: list[ChunkRecord | None]  # the variant used for each chunk (None: computed from scratch)
     plan: Plan
 
+    def exact_chunks(self, req: Request) -> list[bool]:
+        """Per chunk, whether its states in this request are exact once the plan has run: the chunk and
+        every chunk before it were either computed at every layer or reused from a record that is exact in
+        that place (``is_exact``). By causality, tokens computed at every layer over exact states get
+        exact states themselves; one stale chunk makes everything after it inexact."""
+        kept = self.plan.computed_throughout().cpu()
+        out, ok = [], True
+        for i, (span, rec) in enumerate(zip(req.layout.chunks, self.records)):
+            ok = ok and (is_exact(req, i, rec) or bool(torch.isin(span.range(), kept).all()))
+            out.append(ok)
+        return out
+
 
 class Strategy(ABC):
     """Base class: subclasses set ``name`` and implement ``select`` (and may override ``choose_variants``)."""
@@ -100,5 +118,6 @@ class Strategy(ABC):
 
 
 def is_exact(req: Request, i: int, rec: ChunkRecord | None) -> bool:
-    """A record is exact when it was computed after exactly the chunks that now precede it."""
-    return rec is not None and rec.prefix_ids == req.chunk_prefix_ids(i)
+    """Whether chunk i can reuse ``rec`` as is: the record is exact (``ChunkRecord.exact``: computed in full
+    over exact states) and was computed after exactly the chunks that now precede it."""
+    return rec is not None and bool(rec.exact) and rec.prefix_ids == req.chunk_prefix_ids(i)

@@ -9,8 +9,11 @@ For chunk C_i with a stored variant computed after chunks S_old, placed now afte
 * CFO = clamp(α · CCI · (1 − β(1 − γ)), 0, 1)                               cache fix overhead
 
 and ⌈CFO·|C_i|⌉ of the chunk's tokens — those with the highest attention to outside context — are
-recomputed at every layer. Among a chunk's variants the one with the lowest CFO is used; a variant computed
-after exactly S_new has CFO 0.
+recomputed at every layer. Among a chunk's variants the one with the lowest CFO is used; an exact variant
+(``ChunkRecord.exact``) computed after exactly S_new has CFO 0. A variant that is not exact — captured from a
+request that recomputed only part of it or of what precedes it — gets no credit for prefix overlap (β = 0):
+its states were computed over stale ones, so sharing S_old with S_new does not make them right. The
+paper's β assumes a variant's states are those of its prefix; this keeps that assumption true.
 
 Isolated records (precomputed at ingest, S_old = ∅) have no preceding chunks, so β = 0 and their CCI and
 per-token outside attention are measured against the template prefix (attention-sink token excluded): a
@@ -40,11 +43,11 @@ def kendall_tau_distance(a: list[str], b: list[str]) -> float:
 
 def cfo(record: ChunkRecord, s_new: list[str], alpha: float) -> float:
     """Cache Fix Overhead of using ``record`` after the chunks ``s_new`` (module docstring)."""
-    if record.prefix_ids == s_new:
+    if record.exact and record.prefix_ids == s_new:
         return 0.0
     s_old = record.prefix_ids
     beta, gamma = 0.0, 0.0
-    if s_old and record.inter is not None:
+    if s_old and record.exact and record.inter is not None:
         mass = record.inter.float().mean(dim=0)[1:]  # per preceding chunk, averaged over layers
         new = set(s_new)
         common = [j for j in s_old if j in new]

@@ -1,8 +1,10 @@
 """``prefix``: exact prefix caching, what vLLM's automatic prefix caching and SGLang's RadixAttention give.
 
-Reuse the longest run of leading chunks whose records were computed after exactly the chunks that
-precede them now (the first chunk's isolated record always qualifies: it was computed right after the
-same template prefix); recompute everything after it.
+Reuse the longest run of leading chunks whose records are exact and were computed after exactly the
+chunks that precede them now (``is_exact``; the first chunk's isolated record always qualifies: it was
+computed right after the same template prefix); recompute everything after it. A variant captured from a
+partly recomputed request is not exact, so it never extends the reused prefix: ``prefix`` over exact
+records gives what ``full`` gives.
 """
 
 from __future__ import annotations

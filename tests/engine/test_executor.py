@@ -7,9 +7,8 @@ import torch
 
 from chunkcache.engine.decode import generate
 from chunkcache.engine.executor import partial_prefill
-from chunkcache.kv.build import isolated_record
 from chunkcache.strategies import make_strategy
-from chunkcache.strategies.base import Plan
+from chunkcache.strategies.base import Plan, Request
 
 PASSAGES = [
     "Title: Lake Ilmen\nLake Ilmen is a lake in the Novgorod region of Russia. The river Volkhov flows out of it.\n\n",
@@ -28,15 +27,13 @@ def prompt(smol_engine):
     return chunks, q
 
 
-def test_plan_all_positions_equals_full(smol_engine, prompt):
-    """Computing every position over cached records gives exactly the full prefill (< 1e-4)."""
+@pytest.fixture(scope="module")
+def fresh(smol_engine, prompt):
+    """(ids, layout, full prefill computed from scratch) of the prompt, records unused."""
     eng = smol_engine
     chunks, q = prompt
-    full = eng.prefill(chunks, q, make_strategy("full"))
-    ids, layout = full.ids, full.layout
-    records = [eng.candidates([cid])[0][0] for cid in layout.chunk_ids]
-    everything = partial_prefill(eng.model, ids, layout, eng.prefix, records, Plan(torch.arange(len(ids))))
-    assert torch.max(torch.abs(everything.logits - full.result.logits)).item() < 1e-4
+    ids, layout = eng.template.assemble(chunks, q, [eng.chunk_id(c) for c in chunks])
+    return ids, layout, partial_prefill(eng.model, ids, layout, None, [None] * 3, Plan(torch.arange(len(ids))))
 
 
 def test_full_matches_transformers(smol_engine, prompt):
@@ -48,28 +45,61 @@ def test_full_matches_transformers(smol_engine, prompt):
     assert torch.max(torch.abs(pre.result.logits - ref)).item() < 1e-3
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, None)])
-def test_single_chunk_reuse_equals_fresh(smol_engine, prompt, dtype, tol):
-    """One chunk at offset p after the template prefix: reused keys equal a fresh computation at p."""
+def _bf16_bound(a: torch.Tensor) -> float:
+    """Error of a bf16-stored pre-RoPE tensor after rotation (rotation preserves norms per pair)."""
+    return (a.abs().amax() * 2 ** -8 * 2).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_record_placed_at_a_new_offset(smol_engine, fresh, dtype):
+    """Isolated records of chunks 1 and 2, computed right after the template prefix, placed after other
+    chunks (keys rotated to positions they were not computed at); only the question is computed. Layer-0 K
+    and V depend only on the token and its position, so the placed entries equal a full prefill's there;
+    deeper layers differ (the records never saw the chunks now before them), so the check is not vacuous."""
     eng = smol_engine
-    chunks, q = prompt
-    chunk = chunks[1]
-    rec = isolated_record(eng.model, eng.template, eng.prefix, chunk, eng.chunk_id(chunk), dtype)
-    ids, layout = eng.template.assemble([chunk], q, [rec.chunk_id])
-    fresh = partial_prefill(eng.model, ids, layout, None, [None], Plan(torch.arange(len(ids))))
-    reused = partial_prefill(eng.model, ids, layout, eng.prefix, [rec.to("cpu", torch.float32)],
-                             Plan(layout.question.range()))
-    span = layout.chunks[0]
-    for layer, (a, b) in enumerate(zip(fresh.keys, reused.keys)):
-        a, b = a[:, span.start:span.end], b[:, span.start:span.end]
-        if tol is not None:
-            assert torch.max(torch.abs(a - b)).item() < tol, layer
-        else:
-            # bf16 storage: within bf16 rounding of the pre-RoPE key (rotation preserves norms per pair)
-            bound = a.abs().amax() * 2 ** -8 * 2
-            assert torch.max(torch.abs(a - b)).item() <= bound.item(), layer
-    if dtype is torch.float32:
-        assert torch.max(torch.abs(fresh.logits - reused.logits)).item() < 1e-4
+    ids, layout, fresh = fresh
+    p = len(eng.template.prefix_ids)
+    # the engine stores fp32 records; rounding them gives what a bf16 store holds
+    recs = [eng.store.get(cid).to("cpu", dtype).to("cpu", torch.float32) for cid in layout.chunk_ids]
+    reused = partial_prefill(eng.model, ids, layout, eng.prefix, recs, Plan(layout.question.range()))
+    assert reused.computed_per_layer[0] == len(layout.question)
+    for span in layout.chunks[1:]:
+        assert span.start > p  # not where the record was computed
+        for fresh_t, reused_t in ((fresh.keys, reused.keys), (fresh.values, reused.values)):
+            a, b = fresh_t[0][:, span.start:span.end], reused_t[0][:, span.start:span.end]
+            tol = 1e-4 if dtype is torch.float32 else _bf16_bound(a)
+            assert torch.max(torch.abs(a - b)).item() <= tol
+        deep = [torch.max(torch.abs(fresh.keys[layer][:, span.start:span.end]
+                                    - reused.keys[layer][:, span.start:span.end])).item()
+                for layer in range(1, eng.model.shape.n_layers)]
+        assert min(deep) > 1e-2, deep
+
+
+def test_prefix_over_exact_variants_equals_full(smol_engine):
+    """Variants captured from a full request are exact; `prefix` then reuses every chunk, computes only the
+    question, and gives full prefill's logits."""
+    eng = smol_engine
+    chunks = [eng.encode_chunk(t.replace("Title:", "Entry:"))[1] for t in PASSAGES]
+    q = eng.template.encode_question("Where does the Volkhov flow?")
+    full = eng.prefill(chunks, q, make_strategy("full"), capture_variants=True)
+    pre = eng.prefill(chunks, q, make_strategy("prefix"))
+    assert all(r is not None and r.exact for r in pre.decision.records)
+    assert pre.decision.plan.initial.tolist() == pre.layout.question.range().tolist()
+    assert torch.max(torch.abs(pre.result.logits - full.result.logits)).item() < 1e-4
+
+
+def test_cacheblend_ratio_one_equals_full(smol_engine, fresh):
+    """Keeping every candidate token recomputes chunks 1 and 2 at every layer over chunk 0's exact record:
+    full prefill's logits, and every chunk's states are exact."""
+    eng = smol_engine
+    ids, layout, full = fresh
+    req = Request(layout, eng.candidates(layout.chunk_ids), eng.model.shape.n_layers)
+    assert all(c[0].variant == "isolated" for c in req.candidates)
+    d = make_strategy("cacheblend:ratio=1").decide(req)
+    out = partial_prefill(eng.model, ids, layout, eng.prefix, d.records, d.plan)
+    assert out.context_computed_per_layer[-1] == len(layout.chunks[1]) + len(layout.chunks[2])
+    assert torch.max(torch.abs(out.logits - full.logits)).item() < 1e-4
+    assert d.exact_chunks(req) == [True, True, True]
 
 
 def test_reuse_does_not_modify_shared_records(smol_engine, prompt):

@@ -24,6 +24,7 @@ def build_record(
     heads: int = 2,
     tokens: int = 5,
     head_dim: int = 4,
+    exact: bool | None = None,
 ) -> ChunkRecord:
     """A record with random K/V; the same seed gives the same chunk (id), prefix_ids pick the variant."""
     g = torch.Generator().manual_seed(seed)
@@ -40,6 +41,7 @@ def build_record(
         inter=torch.rand(layers, max(1, len(prefix_ids)), generator=pg) if stats else None,
         intra=torch.rand(layers, generator=pg) if stats else None,
         outside=torch.rand(tokens, generator=pg) if stats else None,
+        exact=exact,
     )
 
 
@@ -50,6 +52,7 @@ def assert_same_record(got: ChunkRecord | None, want: ChunkRecord) -> None:
     assert got.token_ids == want.token_ids
     assert got.fingerprint == want.fingerprint
     assert got.prefix_ids == want.prefix_ids
+    assert got.exact is want.exact
     assert len(got.keys) == len(want.keys) and len(got.values) == len(want.values)
     for a, b in zip((*got.keys, *got.values), (*want.keys, *want.values)):
         assert a.dtype == b.dtype

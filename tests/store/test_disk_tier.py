@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 import chunkcache.store.disk as disk_module
 from chunkcache.kv.record import ISOLATED, ChunkRecord
@@ -22,10 +23,43 @@ PREFIX = ("a" * 64, "b" * 64)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("stats", [True, False])
 @pytest.mark.parametrize("prefix_ids", [(), PREFIX])
-def test_round_trip_is_exact(disk: DiskTier, dtype: torch.dtype, stats: bool, prefix_ids: tuple[str, ...]) -> None:
-    record = build_record(dtype=dtype, stats=stats, prefix_ids=prefix_ids)
+@pytest.mark.parametrize("exact", [True, False])
+def test_round_trip_is_exact(disk: DiskTier, dtype: torch.dtype, stats: bool, prefix_ids: tuple[str, ...],
+                             exact: bool) -> None:
+    record = build_record(dtype=dtype, stats=stats, prefix_ids=prefix_ids, exact=exact)
     disk.put(record)
     assert_same_record(disk.get(record.chunk_id, record.variant), record)
+
+
+@pytest.mark.parametrize("prefix_ids, exact", [((), True), (PREFIX, False)])
+def test_version_1_file_without_exact_flag_is_read(disk: DiskTier, prefix_ids: tuple[str, ...], exact: bool) -> None:
+    """Files written before the flag existed: isolated records are exact, captured variants are not."""
+    record = build_record(prefix_ids=prefix_ids, exact=not exact)  # the flag written is then removed
+    disk.put(record)
+    path = disk.path(record.chunk_id, record.variant)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    del meta["exact"]
+    save_file(tensors, str(path), metadata={**meta, "format_version": "1"})
+    got = disk.get(record.chunk_id, record.variant)
+    assert got is not None and got.exact is exact
+
+
+@pytest.mark.parametrize("flag", [None, "yes"])
+def test_version_2_file_needs_a_valid_exact_flag(disk: DiskTier, flag: str | None,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    record = build_record(prefix_ids=PREFIX)
+    disk.put(record)
+    path = disk.path(record.chunk_id, record.variant)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    meta.pop("exact")
+    if flag is not None:
+        meta["exact"] = flag
+    save_file(tensors, str(path), metadata=meta)
+    _assert_dropped(disk, record, caplog)
 
 
 def test_file_layout_and_header(disk: DiskTier) -> None:
@@ -42,7 +76,8 @@ def test_file_layout_and_header(disk: DiskTier) -> None:
     assert names == {"k.0", "k.1", "k.2", "v.0", "v.1", "v.2", "tokens", "inter", "intra", "outside"}
     assert meta["fingerprint"] == FP and meta["chunk_id"] == record.chunk_id
     assert json.loads(meta["prefix_ids"]) == list(PREFIX)
-    assert meta["format_version"] == "1" and len(meta["checksum"]) == 64
+    assert meta["format_version"] == "2" and len(meta["checksum"]) == 64
+    assert meta["exact"] == "0"  # a captured variant is not exact unless its capture says so
 
 
 def test_get_misses_and_counts(disk: DiskTier) -> None:
