@@ -18,9 +18,9 @@ LAYOUT = Layout(Span(0, 5), [Span(5, 15), Span(15, 25), Span(25, 35)], Span(35, 
 QUESTION = list(range(35, 40))
 
 
-def rec(cid: str, prefix: list[str] | None = None) -> ChunkRecord:
+def rec(cid: str, prefix: list[str] | None = None, exact: bool | None = None) -> ChunkRecord:
     kv = [torch.zeros(1, 10, 2) for _ in range(LAYERS)]
-    return ChunkRecord(cid, list(range(10)), kv, [v.clone() for v in kv], "fp", prefix or [])
+    return ChunkRecord(cid, list(range(10)), kv, [v.clone() for v in kv], "fp", prefix or [], exact=exact)
 
 
 def request(scores: torch.Tensor, cands=None, calls: list | None = None) -> Request:
@@ -56,10 +56,14 @@ def test_ties_break_by_position_and_layers_follow_from_layer():
 
 def test_missing_record_is_computed_and_exact_variants_are_not_candidates():
     scores = torch.arange(40, dtype=torch.float32)  # later positions read more
-    cands = [[rec("A")], [], [rec("C"), rec("C", ["A", "B"])]]  # B missing, C has an exact variant
+    cands = [[rec("A")], [], [rec("C"), rec("C", ["A", "B"], exact=True)]]  # B missing, C has an exact variant
     decision = make_strategy("focus:ratio=0.5").decide(request(scores, cands))
     assert decision.records[1] is None and decision.records[2].prefix_ids == ["A", "B"]
     assert decision.plan.initial.tolist() == list(range(15, 25)) + QUESTION  # nothing stale left to repair
+    # a variant captured after A, B from a partly recomputed request is not exact: C is repaired
+    cands[2] = [rec("C"), rec("C", ["A", "B"])]
+    plan = make_strategy("focus:ratio=0.5").decide(request(scores, cands)).plan
+    assert plan.initial.tolist() == list(range(15, 25)) + list(range(30, 35)) + QUESTION
 
 
 def test_ratio_zero_is_naive_and_bad_parameters_are_refused():
