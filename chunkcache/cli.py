@@ -19,10 +19,11 @@ def _engine_args(p: argparse.ArgumentParser, strategy: bool = False) -> None:
     p.add_argument("--model", default="default", help="packaged model name or HF model directory")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     if strategy:
+        from chunkcache.strategies import DEFAULT_STRATEGY, STRATEGIES
+
         p.add_argument("--strategy", default=None,
-                       help="full, prefix, naive, epic, cacheblend or cachecraft (name[:param=value,...]); "
-                            "default: the store's calibrated setting (chunkcache calibrate), else the "
-                            "package default")
+                       help=f"one of {', '.join(STRATEGIES)} (name[:param=value,...]); default: the "
+                            f"store's calibrated setting (chunkcache calibrate), else {DEFAULT_STRATEGY}")
 
 
 def build_parser() -> argparse.ArgumentParser:
