@@ -170,9 +170,9 @@ def needle(n: int = 50, passages: int = 6, seed: int = 0) -> list[Example]:
         confusable = ([(color, t) for t in rng.sample([t for t in _THINGS if t != thing], 2)]
                       + [(c, thing) for c in rng.sample([c for c in _COLORS if c != color], 2)])
         rest = [(c, t) for c in _COLORS for t in _THINGS if c != color and t != thing]
-        others = confusable + rng.sample(rest, slots)
+        others = confusable[: slots - 1] + rng.sample(rest, max(0, slots - 1 - len(confusable)))
         rng.shuffle(others)
-        objs = [f"{c} {t}" for c, t in others[: slots - 1]]
+        objs = [f"{c} {t}" for c, t in others]
         target_passage = rng.randrange(1, passages)
         before = sum(k for _, k in shapes[:target_passage])
         objs.insert(before + rng.randrange(shapes[target_passage][1]), target)
