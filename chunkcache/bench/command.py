@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import time
 from pathlib import Path
@@ -23,7 +24,8 @@ DEFAULT_STRATEGIES = "full,prefix,naive,epic,cacheblend,cachecraft"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help="musique, needle, or a JSON file in the musique format")
+    p.add_argument("--dataset", required=True,
+                   help="musique, needle, multihop, or a JSON file in the musique format")
     p.add_argument("--strategies", default=DEFAULT_STRATEGIES,
                    help="comma-separated specs: name or name:param=value (e.g. cacheblend:ratio=0.3)")
     p.add_argument("--limit", type=int, default=None, help="use the first N examples")
@@ -49,6 +51,24 @@ def _split_specs(text: str) -> list[str]:
         else:
             specs.append(part)
     return specs
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` where that file is missing)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: str) -> dict[str, str | int | None]:
+    """Where the numbers were measured: host, CPU model, torch threads, torch version, GPU name."""
+    return {"host": platform.node(), "arch": platform.machine(), "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if device == "cuda" else None}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -82,7 +102,9 @@ def main(args: argparse.Namespace) -> int:
         "model": str(args.model), "dataset": name, "n": len(examples), "strategies": results,
         "settings": {"max_new_tokens": args.max_new_tokens, "device": args.device,
                      "machine": f"{platform.node()} {platform.machine()} {torch.get_num_threads()} threads",
-                     "date": datetime.date.today().isoformat(), "seconds": round(time.perf_counter() - t0, 1)},
+                     "hardware": hardware(args.device),
+                     "date": datetime.date.today().isoformat(), "seconds": round(time.perf_counter() - t0, 1),
+                     "strategy_seconds": {s: round(m["seconds"], 2) for s, m in results.items()}},
     }
     write_json(args.json, payload)
     if args.plot:

@@ -7,16 +7,28 @@ import os
 from pathlib import Path
 
 COLUMNS = [("f1", "F1", "{:.3f}"), ("accuracy", "accuracy", "{:.2f}"), ("first_token_agreement", "1st-tok agr", "{:.2f}"),
-           ("first_token_kl", "1st-tok KL", "{:.4f}"), ("rougeL_vs_full", "RougeL/full", "{:.3f}"),
-           ("exact_match_vs_full", "EM/full", "{:.2f}"), ("recompute_fraction", "recompute", "{:.3f}"),
-           ("ttft_ms_mean", "TTFT ms", "{:.0f}"), ("ttft_ms_p50", "p50 ms", "{:.0f}"),
-           ("prefill_flops", "GFLOP", "{:.1f}")]
+           ("first_token_kl", "1st-tok KL", "{:.4f}"), ("answer_token_agreement", "ans-tok agr", "{:.2f}"),
+           ("answer_token_kl", "ans-tok KL", "{:.4f}"), ("answer_kl_mean", "ans KL mean", "{:.4f}"),
+           ("rougeL_vs_full", "RougeL/full", "{:.3f}"), ("exact_match_vs_full", "EM/full", "{:.2f}"),
+           ("recompute_fraction", "recompute", "{:.3f}"), ("ttft_ms_mean", "TTFT ms", "{:.0f}"),
+           ("ttft_ms_p50", "p50 ms", "{:.0f}"), ("prefill_flops", "GFLOP", "{:.1f}")]
+# Paired differences vs full: mean [95% interval].
+DIFF_COLUMNS = [("f1", "ΔF1 [lo, hi]"), ("accuracy", "Δacc [lo, hi]")]
+DIFF_WIDTH = 21
 
 
-def table(results: dict[str, dict[str, float]]) -> str:
+def _diff_cell(m: dict, key: str) -> str:
+    mean, ci = m.get(f"{key}_diff_vs_full"), m.get(f"{key}_diff_ci95")
+    if mean is None:
+        return "-"
+    return f"{mean:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else f"{mean:+.2f}"
+
+
+def table(results: dict[str, dict]) -> str:
     """Fixed-width table, one row per strategy spec."""
     name_w = max(12, *(len(s) for s in results))
-    head = f"{'strategy':<{name_w}} " + " ".join(f"{h:>11}" for _, h, _ in COLUMNS)
+    head = (f"{'strategy':<{name_w}} " + " ".join(f"{h:>11}" for _, h, _ in COLUMNS) + " "
+            + " ".join(f"{h:>{DIFF_WIDTH}}" for _, h in DIFF_COLUMNS))
     lines = [head, "-" * len(head)]
     for spec, m in results.items():
         cells = []
@@ -25,6 +37,7 @@ def table(results: dict[str, dict[str, float]]) -> str:
             if v is not None and key == "prefill_flops":
                 v = v / 1e9
             cells.append(f"{fmt.format(v) if v is not None else '-':>11}")
+        cells += [f"{_diff_cell(m, key):>{DIFF_WIDTH}}" for key, _ in DIFF_COLUMNS]
         lines.append(f"{spec:<{name_w}} " + " ".join(cells))
     return "\n".join(lines)
 
@@ -37,7 +50,7 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def plot(results: dict[str, dict[str, float]], path: Path, title: str) -> None:
+def plot(results: dict[str, dict], path: Path, title: str) -> None:
     """ROUGE-L vs full and first-token KL against recompute fraction; one curve per strategy family."""
     import matplotlib
 

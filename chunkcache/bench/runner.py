@@ -3,8 +3,18 @@
 Per example: passages become chunks (tokenized alone) whose isolated records are precomputed into the
 engine's store; ``full`` gives the reference first-token distribution and greedy answer; every other
 strategy reuses the records under its plan and is scored for fidelity to ``full`` (first-token agreement
-and KL, ROUGE-L and exact match of the greedy answer), task quality (token F1 and answer accuracy against the gold answers)
-and cost (recompute fraction, TTFT, prefill FLOPs).
+and KL, ROUGE-L and exact match of the greedy answer), task quality (token F1 and answer accuracy against the
+gold answers) and cost (recompute fraction, TTFT, prefill FLOPs, seconds of prefill and decode).
+
+Answer-token fidelity: the first generated token is often boilerplate ("The"), so full's greedy answer is
+also teacher-forced into every strategy's prefill (``engine.decode.teacher_force``). ``answer_token_kl`` and
+``answer_token_agreement`` compare the distributions at full's first answer token (``metrics.answer_position``:
+where a gold answer starts in full's answer, else the first non-boilerplate token; examples without one are
+left out and counted in ``answer_token_examples``); ``answer_kl_mean`` averages the KL over all forced
+positions of each example, then over examples.
+
+Paired differences: per strategy, the mean of (strategy − full) per example for F1 and accuracy, with a 95%
+Student-t interval on those paired differences (``metrics.paired_difference``).
 """
 
 from __future__ import annotations
@@ -17,7 +27,9 @@ import torch
 from tqdm import tqdm
 
 from chunkcache.bench.datasets import Example
-from chunkcache.bench.metrics import best_f1, contains_answer, first_token_kl, prefill_flops, rouge_l
+from chunkcache.bench.metrics import (accuracy, answer_position, best_f1, first_token_kl, paired_difference,
+                                      prefill_flops, rouge_l, token_kls)
+from chunkcache.engine.decode import teacher_force
 from chunkcache.engine.reuse import ReuseEngine
 from chunkcache.strategies import make_strategy
 
@@ -27,25 +39,48 @@ SWEEPS = {
     "cacheblend": [f"cacheblend:ratio={r}" for r in (0.05, 0.3, 0.5)],
     "cachecraft": [f"cachecraft:alpha={a}" for a in (0.1, 0.2, 0.5, 0.8)],
 }
-METRICS = ["f1", "accuracy", "first_token_agreement", "first_token_kl", "rougeL_vs_full", "exact_match_vs_full",
-           "recompute_fraction", "ttft_ms_mean", "ttft_ms_p50", "prefill_flops"]
+METRICS = ["f1", "accuracy", "first_token_agreement", "first_token_kl", "answer_token_agreement", "answer_token_kl",
+           "answer_kl_mean", "rougeL_vs_full", "exact_match_vs_full", "recompute_fraction", "prefill_flops"]
+PAIRED = ["f1", "accuracy"]  # reported as mean paired difference vs full with a 95% interval
 
 
 @dataclass
 class Rows:
+    """Per-example values of one strategy, in example order (answer-token metrics only where defined)."""
+
     values: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in METRICS})
     ttft: list[float] = field(default_factory=list)
+    seconds: float = 0.0
 
     def add(self, **kw: float) -> None:
         for k, v in kw.items():
             self.values[k].append(float(v))
 
-    def summary(self) -> dict[str, float]:
-        out = {k: statistics.fmean(v) for k, v in self.values.items() if v}
+    def summary(self, full: Rows) -> dict[str, float | list[float] | None]:
+        """Means, TTFT mean/median, seconds, and the paired differences against ``full``."""
+        out: dict[str, float | list[float] | None] = {k: statistics.fmean(v) for k, v in self.values.items() if v}
+        out["answer_token_examples"] = len(self.values["answer_token_kl"])
         if self.ttft:
             out["ttft_ms_mean"] = statistics.fmean(self.ttft)
             out["ttft_ms_p50"] = statistics.median(self.ttft)
+        out["seconds"] = self.seconds
+        for k in PAIRED:
+            if self.values[k]:
+                mean, ci = paired_difference(self.values[k], full.values[k])
+                out[f"{k}_diff_vs_full"] = mean
+                out[f"{k}_diff_ci95"] = list(ci) if ci else None
         return out
+
+
+@dataclass
+class Reference:
+    """What ``full`` leaves for scoring the other strategies on one example."""
+
+    logits: torch.Tensor  # first-token logits [vocab]
+    answer: str
+    tokens: list[int]  # greedy answer tokens, forced into every strategy's prefill
+    forced: torch.Tensor  # full's own teacher-forced logits [len(tokens), vocab]
+    pos: int | None  # first answer token (metrics.answer_position)
 
 
 def expand(specs: list[str], sweep: bool) -> list[str]:
@@ -71,14 +106,26 @@ def fit_passages(engine: ReuseEngine, ex: Example, max_new_tokens: int) -> tuple
     return chunks, q
 
 
+def token_pieces(tokenizer, tokens: list[int]) -> list[str]:
+    """The text each token adds to the decoded answer (so the pieces join to the decoded text)."""
+    pieces, prev = [], ""
+    for i in range(len(tokens)):
+        text = tokenizer.decode(tokens[: i + 1], skip_special_tokens=True)
+        pieces.append(text[len(prev):])
+        prev = text
+    return pieces
+
+
 def _params_per_layer(engine: ReuseEngine) -> int:
     layer = engine.model.layers[0]
     return sum(p.numel() for p in layer.parameters())
 
 
 def run(engine: ReuseEngine, examples: list[Example], specs: list[str], max_new_tokens: int = 32,
-        progress: bool = True) -> dict[str, dict[str, float]]:
-    """Summary metrics per strategy spec (``full`` included, scored against itself)."""
+        progress: bool = True) -> dict[str, dict[str, float | list[float] | None]]:
+    """Summary metrics per strategy spec (``full`` included, scored against itself; see module docstring)."""
+    if not specs or specs[0] != "full":
+        raise ValueError("the strategy specs must start with full (the reference; see expand)")
     strategies = {s: make_strategy(s) for s in specs}
     rows = {s: Rows() for s in specs}
     ppl = _params_per_layer(engine)
@@ -91,7 +138,7 @@ def run(engine: ReuseEngine, examples: list[Example], specs: list[str], max_new_
             if not engine.store.variants(cid):
                 engine.precompute(ids, cid)
         engine.candidates([engine.chunk_id(c) for c in chunks])  # warm the fast tier before timing
-        ref_logits, ref_answer = None, ""
+        ref: Reference | None = None
         for spec, strat in strategies.items():
             t0 = time.perf_counter()
             pre = engine.prefill(chunks, q, strat, reserve=max_new_tokens)
@@ -99,22 +146,31 @@ def run(engine: ReuseEngine, examples: list[Example], specs: list[str], max_new_
             first = next(gen, None)
             ttft = (time.perf_counter() - t0) * 1e3
             tokens = ([first] if first is not None else []) + list(gen)
+            rows[spec].seconds += time.perf_counter() - t0
             answer = engine.tokenizer.decode(tokens, skip_special_tokens=True).strip()
             logits = pre.result.logits
-            if ref_logits is None:
-                ref_logits, ref_answer = logits, answer
+            forced = teacher_force(engine.model, pre.result, ref.tokens if ref else tokens)
+            if ref is None:  # full runs first: its answer is the reference every strategy is forced along
+                ref = Reference(logits, answer, tokens, forced,
+                                answer_position(token_pieces(engine.tokenizer, tokens), ex.answers))
+            kls = token_kls(ref.forced, forced)
+            if ref.tokens:
+                rows[spec].add(answer_kl_mean=kls.mean())
+            if ref.pos is not None:
+                rows[spec].add(answer_token_kl=kls[ref.pos],
+                               answer_token_agreement=int(torch.argmax(forced[ref.pos])) == ref.tokens[ref.pos])
             rows[spec].ttft.append(ttft)
             rows[spec].add(
                 f1=best_f1(answer, ex.answers),
-                accuracy=contains_answer(answer, ex.answers),
-                first_token_agreement=int(torch.argmax(logits)) == int(torch.argmax(ref_logits)),
-                first_token_kl=first_token_kl(ref_logits, logits),
-                rougeL_vs_full=rouge_l(answer, ref_answer),
-                exact_match_vs_full=answer == ref_answer,
+                accuracy=accuracy(answer, ex.answers, ex.answer_pattern),
+                first_token_agreement=int(torch.argmax(logits)) == int(torch.argmax(ref.logits)),
+                first_token_kl=first_token_kl(ref.logits, logits),
+                rougeL_vs_full=rouge_l(answer, ref.answer),
+                exact_match_vs_full=answer == ref.answer,
                 recompute_fraction=pre.stats.recompute_fraction,
                 prefill_flops=prefill_flops(pre.stats.computed_per_layer, pre.layout.length,
                                             engine.model.shape, ppl, vocab),
             )
             bar.update(1)
     bar.close()
-    return {s: r.summary() for s, r in rows.items()}
+    return {s: r.summary(rows["full"]) for s, r in rows.items()}

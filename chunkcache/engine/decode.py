@@ -35,15 +35,35 @@ def pick(logits: torch.Tensor, sampling: Sampling, gen: torch.Generator | None) 
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
 
+def _step(model: CausalLM, prefill: PrefillResult, token: int, pos: int) -> torch.Tensor:
+    """Run ``token`` at position ``pos`` over the prefill's KV: write its K/V into slot ``pos`` (a decode slot
+    the prefill reserved, past ``prefill.length``) and return the next-token logits [vocab]."""
+    h = model.embed(torch.tensor([token], device=model.device))
+    q_pos = torch.tensor([pos], device=model.device)
+    for layer in range(model.shape.n_layers):
+        q, k, v = model.qkv(layer, h)
+        cos, sin = prefill.rotary.get(model.layer_type(layer))
+        prefill.keys[layer][:, pos] = apply_rope(k, cos[pos:pos + 1], sin[pos:pos + 1])[:, 0]
+        prefill.values[layer][:, pos] = v[:, 0]
+        q_rot = apply_rope(q, cos[pos:pos + 1], sin[pos:pos + 1])
+        attn = model.attend(layer, q_rot, prefill.keys[layer][:, :pos + 1], prefill.values[layer][:, :pos + 1],
+                            q_pos, pos + 1)
+        h = model.finish_layer(layer, h, attn)
+    return model.head(h)[0]
+
+
+def _check_capacity(prefill: PrefillResult, steps: int) -> None:
+    if prefill.length + steps - 1 > prefill.keys[0].shape[1]:
+        raise ValueError("prefill reserved too few slots for this many new tokens")
+
+
 @torch.inference_mode()
 def generate(model: CausalLM, prefill: PrefillResult, max_new_tokens: int, stop_ids: set[int],
              sampling: Sampling = Sampling()) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` tokens, stopping after a token in ``stop_ids`` (not yielded).
 
     The prefill must have reserved ``max_new_tokens`` slots (``partial_prefill(reserve=...)``)."""
-    capacity = prefill.keys[0].shape[1]
-    if prefill.length + max_new_tokens - 1 > capacity:
-        raise ValueError("prefill reserved too few slots for this many new tokens")
+    _check_capacity(prefill, max_new_tokens)
     gen = torch.Generator().manual_seed(sampling.seed) if sampling.temperature > 0 else None
     token = pick(prefill.logits, sampling, gen)
     pos = prefill.length
@@ -53,16 +73,23 @@ def generate(model: CausalLM, prefill: PrefillResult, max_new_tokens: int, stop_
         yield token
         if step == max_new_tokens - 1:
             return
-        h = model.embed(torch.tensor([token], device=model.device))
-        q_pos = torch.tensor([pos], device=model.device)
-        for layer in range(model.shape.n_layers):
-            q, k, v = model.qkv(layer, h)
-            cos, sin = prefill.rotary.get(model.layer_type(layer))
-            prefill.keys[layer][:, pos] = apply_rope(k, cos[pos:pos + 1], sin[pos:pos + 1])[:, 0]
-            prefill.values[layer][:, pos] = v[:, 0]
-            q_rot = apply_rope(q, cos[pos:pos + 1], sin[pos:pos + 1])
-            attn = model.attend(layer, q_rot, prefill.keys[layer][:, :pos + 1], prefill.values[layer][:, :pos + 1],
-                                q_pos, pos + 1)
-            h = model.finish_layer(layer, h, attn)
-        token = pick(model.head(h)[0], sampling, gen)
+        token = pick(_step(model, prefill, token, pos), sampling, gen)
         pos += 1
+
+
+@torch.inference_mode()
+def teacher_force(model: CausalLM, prefill: PrefillResult, forced: list[int]) -> torch.Tensor:
+    """Logits [len(forced), vocab] (float32) of the distribution each forced token is drawn from: row 0 is the
+    prefill's next-token logits, row i the logits after feeding ``forced[:i]`` through the decode step.
+
+    Forcing another run's greedy answer into this prefill compares two prefills on the same continuation.
+    Only the decode slots past ``prefill.length`` are written (as ``generate`` does); the prompt's KV and
+    ``length`` stay as they were, so the prefill can be decoded or forced again. The prefill must have
+    reserved ``len(forced)`` slots."""
+    _check_capacity(prefill, len(forced))
+    rows = [prefill.logits.float()] if forced else []
+    for i, token in enumerate(forced[:-1]):
+        rows.append(_step(model, prefill, token, prefill.length + i).float())
+    if not rows:
+        return prefill.logits.new_zeros(0, prefill.logits.shape[-1], dtype=torch.float32)
+    return torch.stack(rows)

@@ -11,8 +11,10 @@ from chunkcache.bench.metrics import best_f1, contains_answer, first_token_kl, r
 from chunkcache.bench.runner import fit_passages
 from chunkcache.cli import main
 
-KEYS = {"f1", "first_token_agreement", "first_token_kl", "rougeL_vs_full", "exact_match_vs_full",
-        "recompute_fraction", "ttft_ms_mean", "ttft_ms_p50", "prefill_flops"}
+KEYS = {"f1", "accuracy", "first_token_agreement", "first_token_kl", "answer_token_agreement", "answer_token_kl",
+        "answer_kl_mean", "answer_token_examples", "rougeL_vs_full", "exact_match_vs_full", "recompute_fraction",
+        "ttft_ms_mean", "ttft_ms_p50", "prefill_flops", "seconds", "f1_diff_vs_full", "f1_diff_ci95",
+        "accuracy_diff_vs_full", "accuracy_diff_ci95"}
 
 
 def test_bench_cli_writes_the_json_contract_and_plot(tmp_path, capsys):
@@ -27,11 +29,22 @@ def test_bench_cli_writes_the_json_contract_and_plot(tmp_path, capsys):
         assert KEYS <= set(m), name
     full = data["strategies"]["full"]
     assert full["recompute_fraction"] == 1.0 and full["first_token_kl"] == pytest.approx(0, abs=1e-6)
+    assert full["answer_kl_mean"] == pytest.approx(0, abs=1e-6) and full["answer_token_agreement"] == 1.0
+    assert full["accuracy_diff_vs_full"] == 0 and full["f1_diff_ci95"] == [0, 0]
+    naive = data["strategies"]["naive"]
+    lo, hi = naive["f1_diff_ci95"]
+    assert naive["f1_diff_vs_full"] == pytest.approx(naive["f1"] - full["f1"])
+    assert lo <= naive["f1_diff_vs_full"] <= hi
+    settings = data["settings"]
+    assert settings["hardware"]["cpu"] and settings["hardware"]["torch"] and settings["hardware"]["torch_threads"] >= 1
+    assert set(settings["strategy_seconds"]) == set(data["strategies"])
+    assert all(v > 0 for v in settings["strategy_seconds"].values())
     assert data["strategies"]["naive"]["recompute_fraction"] == 0.0
     assert 0 < data["strategies"]["cachecraft"]["recompute_fraction"] < 1
     assert full["prefill_flops"] > data["strategies"]["naive"]["prefill_flops"]
     assert png.stat().st_size > 10_000
-    assert "cachecraft" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "cachecraft" in printed and "Δacc [lo, hi]" in printed and "ans-tok KL" in printed
 
 
 def test_bench_rejects_bad_input(tmp_path, capsys):
@@ -50,7 +63,10 @@ def test_dataset_loading(tmp_path):
     assert needle(3) == needle(3) and len(needle(3)[0].passages) == 6
     f = tmp_path / "mine.json"
     f.write_text(json.dumps([{"question": "q?", "answers": ["a"], "ctxs": [{"title": "t", "text": "x"}]}]))
-    assert load_json(f)[0].passages == ["Title: t\nx\n\n"]
+    assert load_json(f)[0].passages == ["Title: t\nx\n\n"] and load_json(f)[0].answer_pattern is None
+    f.write_text(json.dumps([{"question": "q?", "answers": ["1234"], "ctxs": [{"text": "x"}],
+                              "answer_pattern": r"\d{4}"}]))
+    assert load_json(f)[0].answer_pattern == r"\d{4}"
     f.write_text(json.dumps([{"question": "q?", "ctxs": []}]))
     with pytest.raises(ValueError, match="example 0"):
         load_json(f)
