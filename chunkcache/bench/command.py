@@ -20,7 +20,7 @@ from chunkcache.bench.datasets import load_dataset
 from chunkcache.bench.report import plot, table, write_json
 from chunkcache.bench.runner import expand, run
 
-DEFAULT_STRATEGIES = "full,prefix,naive,epic,cacheblend,cachecraft"
+DEFAULT_STRATEGIES = "full,prefix,naive,epic,cacheblend,cachecraft,focus,ape"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="packaged model name or HF model directory")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--sweep", action="store_true",
-                   help="also sweep k (epic), ratio (cacheblend) and alpha (cachecraft)")
+                   help="also sweep k (epic), ratio (cacheblend, focus) and alpha (cachecraft)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="keep chunk records here between runs (default: in memory only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -36,16 +36,18 @@ def pick(logits: torch.Tensor, sampling: Sampling, gen: torch.Generator | None) 
 
 
 def _step(model: CausalLM, prefill: PrefillResult, token: int, pos: int) -> torch.Tensor:
-    """Run ``token`` at position ``pos`` over the prefill's KV: write its K/V into slot ``pos`` (a decode slot
-    the prefill reserved, past ``prefill.length``) and return the next-token logits [vocab]."""
+    """Run ``token`` in slot ``pos`` over the prefill's KV: write its K/V into slot ``pos`` (a decode slot
+    the prefill reserved, past ``prefill.length``; rotated to the slot's RoPE position, which a parallel
+    placement puts right after its question) and return the next-token logits [vocab]."""
     h = model.embed(torch.tensor([token], device=model.device))
     q_pos = torch.tensor([pos], device=model.device)
+    rp = prefill.rope_position(pos)
     for layer in range(model.shape.n_layers):
         q, k, v = model.qkv(layer, h)
         cos, sin = prefill.rotary.get(model.layer_type(layer))
-        prefill.keys[layer][:, pos] = apply_rope(k, cos[pos:pos + 1], sin[pos:pos + 1])[:, 0]
+        prefill.keys[layer][:, pos] = apply_rope(k, cos[rp:rp + 1], sin[rp:rp + 1])[:, 0]
         prefill.values[layer][:, pos] = v[:, 0]
-        q_rot = apply_rope(q, cos[pos:pos + 1], sin[pos:pos + 1])
+        q_rot = apply_rope(q, cos[rp:rp + 1], sin[rp:rp + 1])
         attn = model.attend(layer, q_rot, prefill.keys[layer][:, :pos + 1], prefill.values[layer][:, :pos + 1],
                             q_pos, pos + 1)
         h = model.finish_layer(layer, h, attn)

@@ -41,6 +41,13 @@ class PrefillResult:
     computed_per_layer: list[int]  # |S_l|
     context_computed_per_layer: list[int]  # |S_l ∩ chunk tokens|
     stats: AttentionStats | None = None
+    # RoPE position of slot ``length`` (the first decoded token): ``length`` for a sequential prompt, the
+    # placement's last position + 1 for a parallel one (APE), so decode continues right after the question.
+    next_position: int | None = None
+
+    def rope_position(self, slot: int) -> int:
+        """RoPE position of a decode slot >= ``length``."""
+        return slot + ((self.next_position if self.next_position is not None else self.length) - self.length)
 
 
 def _fill(buf: torch.Tensor, layout: Layout, prefix: ChunkRecord | None, records: list[ChunkRecord | None],
@@ -141,4 +148,5 @@ def partial_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: 
                 mod = None if placement is None else placement.attention(positions, length)
 
     logits = model.head(h[-1:])[0]
-    return PrefillResult(logits, keys, values, keys_pre, length, rotary, computed, context_computed, stats)
+    return PrefillResult(logits, keys, values, keys_pre, length, rotary, computed, context_computed, stats,
+                         n_pos)

@@ -150,3 +150,27 @@ def test_uncached_chunk_is_computed_as_its_isolated_record(smol_engine, equal_ch
     for layer in range(eng.model.shape.n_layers):
         assert torch.max(torch.abs(result.keys_pre[layer][:, span.start:span.end] - ref.keys[layer])) < 1e-4
         assert torch.max(torch.abs(result.values[layer][:, span.start:span.end] - ref.values[layer])) < 1e-4
+
+
+def test_decode_continues_after_the_placed_question(smol_engine):
+    """After a parallel prefill, the first decoded token sits at the question's last position + 1, not at
+    its slot index: its layer-0 key in the KV is rotated to that position."""
+    from chunkcache.engine.decode import generate
+    from chunkcache.models.rope import apply_rope
+
+    eng = smol_engine
+    texts = ["Title: Alpha\nThe alpha key opens the north gate of the old city wall.\n\n",
+             "Title: Beta\nThe beta key was lost in the river during the spring flood.\n\n"]
+    chunks = [eng.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    for c in chunks:
+        eng.precompute(c)
+    q = eng.tokenizer("Question: What does the alpha key open?\nAnswer:", add_special_tokens=False).input_ids
+    pre = eng.prefill(chunks, q, make_strategy("ape"), reserve=4)
+    placed = int(pre.decision.plan.placement.positions.max()) + 1
+    assert placed < pre.layout.length and pre.result.rope_position(pre.layout.length) == placed
+    first = list(generate(eng.model, pre.result, 2, set()))[0]
+    with torch.inference_mode():
+        _, k, _ = eng.model.qkv(0, eng.model.embed(torch.tensor([first])))
+        cos, sin = pre.result.rotary.get(eng.model.layer_type(0))
+        want = apply_rope(k, cos[placed:placed + 1], sin[placed:placed + 1])[:, 0]
+    assert torch.allclose(pre.result.keys[0][:, pre.layout.length], want, atol=1e-5)
