@@ -147,17 +147,17 @@ def _table(rng: random.Random, items: list[tuple[str, int]]) -> str:
 
 
 # Passage shapes and how many objects each states.
-_SHAPES = [(_story, 1), (_memo, 1), (_notice, 2), (_log, 3), (_table, 3)]
+_SHAPES = [(_story, 1), (_memo, 1), (_notice, 2), (_log, 2), (_table, 2)]
 
 
 def needle(n: int = 50, passages: int = 6, seed: int = 0) -> list[Example]:
     """Single-hop QA: find the 4-digit code of one object among passages that state codes of other objects.
 
     Per example (seeded): passage shapes are drawn from five kinds (a story, a memo, a two-object notice, a
-    three-object inventory list, a three-row table), each with several phrasings and varied filler. The
-    objects are the target ("the <colour> <thing>"), two sharing its colour, two sharing its thing, then
-    random others, each with its own code; the target sits at a random slot of a passage other than the
-    first. Accuracy extracts the first 4-digit number of the answer (``answer_pattern``)."""
+    two-object inventory list, a two-row table), each with several phrasings and varied filler. The objects
+    are the target ("the <colour> <thing>"), one sharing its colour, one sharing its thing, then random
+    others, each with its own code; the target sits at a random slot of a passage other than the first.
+    Accuracy extracts the first 4-digit number of the answer (``answer_pattern``)."""
     if passages < 2:
         raise ValueError("needle needs at least two passages (the target is never the first)")
     rng = random.Random(seed)
@@ -167,8 +167,8 @@ def needle(n: int = 50, passages: int = 6, seed: int = 0) -> list[Example]:
         slots = sum(k for _, k in shapes)
         color, thing = rng.choice(_COLORS), rng.choice(_THINGS)
         target = f"{color} {thing}"
-        confusable = ([(color, t) for t in rng.sample([t for t in _THINGS if t != thing], 2)]
-                      + [(c, thing) for c in rng.sample([c for c in _COLORS if c != color], 2)])
+        confusable = [(color, rng.choice([t for t in _THINGS if t != thing])),
+                      (rng.choice([c for c in _COLORS if c != color]), thing)]
         rest = [(c, t) for c in _COLORS for t in _THINGS if c != color and t != thing]
         others = confusable[: slots - 1] + rng.sample(rest, max(0, slots - 1 - len(confusable)))
         rng.shuffle(others)
