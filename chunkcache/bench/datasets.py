@@ -131,9 +131,9 @@ def _memo(rng: random.Random, items: list[tuple[str, int]]) -> str:
 
 
 def _notice(rng: random.Random, items: list[tuple[str, int]]) -> str:
-    (a, code_a), (b, code_b) = items
-    return passage_text("Notice", f"From Monday the {a} opens with the code {code_a}, while the {b} keeps "
-                                  f"the code {code_b}. {rng.choice(_FILLER)}")
+    (obj, code), = items
+    return passage_text("Notice", f"{rng.choice(_FILLER)} From Monday the {obj} opens with the code {code}. "
+                                  f"{rng.choice(_FILLER)}")
 
 
 def _log(rng: random.Random, items: list[tuple[str, int]]) -> str:
@@ -146,17 +146,18 @@ def _table(rng: random.Random, items: list[tuple[str, int]]) -> str:
     return passage_text("Lock register", f"object | room | code\n{rows}\n{rng.choice(_FILLER)}")
 
 
-# Passage shapes and how many objects each states.
-_SHAPES = [(_story, 1), (_memo, 1), (_notice, 2), (_log, 2), (_table, 2)]
+# Passage shapes and how many objects each states. One object a passage: with two or three, the 1.5B
+# evaluation model itself confused rows (full prefill 5/10, then 6/8), which tests the model, not reuse.
+_SHAPES = [(_story, 1), (_memo, 1), (_notice, 1), (_log, 1), (_table, 1)]
 
 
 def needle(n: int = 50, passages: int = 6, seed: int = 0) -> list[Example]:
     """Single-hop QA: find the 4-digit code of one object among passages that state codes of other objects.
 
-    Per example (seeded): passage shapes are drawn from five kinds (a story, a memo, a two-object notice, a
-    two-object inventory list, a two-row table), each with several phrasings and varied filler. The objects
-    are the target ("the <colour> <thing>"), one sharing its colour, one sharing its thing, then random
-    others, each with its own code; the target sits at a random slot of a passage other than the first.
+    Per example (seeded): passage shapes are drawn from five kinds (a story, a memo, a notice, an inventory
+    line, a lock-register row), each with several phrasings and varied filler, one object each. The
+    distractors share the question's shape: the target ("the <colour> <thing>"), one object sharing its
+    colour, then random others, each with its own code; the target's passage is never the first.
     Accuracy extracts the first 4-digit number of the answer (``answer_pattern``)."""
     if passages < 2:
         raise ValueError("needle needs at least two passages (the target is never the first)")
@@ -167,8 +168,7 @@ def needle(n: int = 50, passages: int = 6, seed: int = 0) -> list[Example]:
         slots = sum(k for _, k in shapes)
         color, thing = rng.choice(_COLORS), rng.choice(_THINGS)
         target = f"{color} {thing}"
-        confusable = [(color, rng.choice([t for t in _THINGS if t != thing])),
-                      (rng.choice([c for c in _COLORS if c != color]), thing)]
+        confusable = [(color, rng.choice([t for t in _THINGS if t != thing]))]
         rest = [(c, t) for c in _COLORS for t in _THINGS if c != color and t != thing]
         others = confusable[: slots - 1] + rng.sample(rest, max(0, slots - 1 - len(confusable)))
         rng.shuffle(others)
