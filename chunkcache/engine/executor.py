@@ -6,8 +6,9 @@ stored before RoPE) and overwritten with the fresh K/V of S_l, then rotates all 
 this prompt and lets S_l attend to the merged KV. Positions not in S_l keep their cached K/V for that and
 all later layers. Shared records are never written: the buffers are copies.
 
-Identities this must satisfy (tests/engine/test_executor.py): S_l = all positions equals a full prefill;
-a chunk placed alone after the template prefix reuses keys equal to a fresh computation there.
+Identities this must satisfy (tests/engine/test_executor.py): S_l = all positions equals a full prefill
+(and transformers); a record placed at a new offset gives layer-0 K/V equal to a fresh prefill there;
+``prefix`` over exact variants and ``cacheblend:ratio=1`` equal ``full``.
 
 A plan may carry a ``placement`` (models/base.py ``Placement``): per-token RoPE positions instead of
 0..L-1, an attention graph over segments, and APE's tempered attention to context keys. Without one the
