@@ -43,11 +43,13 @@ class QuestionAttention:
 
 
 def probe_question(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: ChunkRecord | None,
-                   records: list[ChunkRecord | None], layers: list[int], last_row: bool = False) -> torch.Tensor:
-    """Per prompt position [L]: the question's mean attention at ``layers`` over the reused context
-    (``QuestionAttention``). Chunks without a record (None) have no KV to reuse, so the probe computes them."""
+                   records: list[ChunkRecord | None], layers: list[int],
+                   last_row: bool = False) -> tuple[torch.Tensor, list[int]]:
+    """(scores, computed): per prompt position [L], the question's mean attention at ``layers`` over the
+    reused context (``QuestionAttention``), and the positions the probe computed per layer (its cost).
+    Chunks without a record (None) have no KV to reuse, so the probe computes them."""
     missing = [span.range() for span, rec in zip(layout.chunks, records) if rec is None]
     obs = QuestionAttention(layout, layers, last_row)
     plan = Plan(torch.cat([*missing, layout.question.range()]))
-    partial_prefill(model, ids, layout, prefix, records, plan, stats=obs)
-    return obs.scores
+    result = partial_prefill(model, ids, layout, prefix, records, plan, stats=obs)
+    return obs.scores, result.computed_per_layer

@@ -38,7 +38,7 @@ class RequestStats:
     question_tokens: int = 0
     chunks_hit: int = 0
     chunks_missed: int = 0
-    computed_per_layer: list[int] = field(default_factory=list)
+    computed_per_layer: list[int] = field(default_factory=list)  # the plan's positions plus any probe's
     context_computed_per_layer: list[int] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -130,8 +130,12 @@ class ReuseEngine:
         cands = self.candidates(chunk_ids) if strategy.name != "full" else [[] for _ in chunks]
         _sync(dev)
         t1 = time.perf_counter()
+        probed: list[int] = [0] * self.model.shape.n_layers  # the probe's computed positions per layer
+
         def probe(records: list[ChunkRecord | None], layers: list[int], last_row: bool) -> torch.Tensor:
-            return probe_question(self.model, ids, layout, self.prefix, records, layers, last_row)
+            scores, computed = probe_question(self.model, ids, layout, self.prefix, records, layers, last_row)
+            probed[:] = [a + b for a, b in zip(probed, computed)]
+            return scores
 
         req = Request(layout, cands, self.model.shape.n_layers, probe)
         decision = strategy.decide(req)
@@ -147,7 +151,8 @@ class ReuseEngine:
         rs = RequestStats(
             prompt_tokens=layout.length, context_tokens=layout.context_tokens,
             question_tokens=len(layout.question), chunks_hit=len(chunks) - len(missed),
-            chunks_missed=len(missed), computed_per_layer=result.computed_per_layer,
+            chunks_missed=len(missed),
+            computed_per_layer=[a + b for a, b in zip(result.computed_per_layer, probed)],
             context_computed_per_layer=result.context_computed_per_layer,
             timings_ms={"load": (t1 - t0) * 1e3, "prefill": (t2 - t1) * 1e3,
                         "store": (time.perf_counter() - t2) * 1e3})

@@ -97,7 +97,8 @@ def test_probe_over_exact_records_equals_the_full_prefill_attention(smol_engine)
     assert len(records) == 3
     layers = list(range(eng.model.shape.n_layers))
     for last_row in (False, True):
-        probed = probe_question(eng.model, pre.ids, pre.layout, eng.prefix, records, layers, last_row)
+        probed, cost = probe_question(eng.model, pre.ids, pre.layout, eng.prefix, records, layers, last_row)
+        assert cost == [len(q)] * len(layers)
         reference = QuestionAttention(pre.layout, layers, last_row)
         partial_prefill(eng.model, pre.ids, pre.layout, eng.prefix, [None] * 3,
                         Plan(torch.arange(pre.layout.length)), stats=reference)
@@ -116,5 +117,7 @@ def test_ratio_one_equals_full(smol):
     focus = eng.prefill(chunks, q, make_strategy("focus:ratio=1"))
     naive = eng.prefill(chunks, q, make_strategy("naive")).result.logits
     assert focus.stats.recompute_fraction == pytest.approx(1 - len(chunks[0]) / sum(map(len, chunks)))
+    # the cost counts the probe too: the question once in the probe, then with the repaired tokens
+    assert set(focus.stats.computed_per_layer) == {len(chunks[1]) + len(chunks[2]) + 2 * len(q)}
     assert torch.allclose(focus.result.logits, full, atol=1e-3)
     assert not torch.allclose(naive, full, atol=1e-3)  # the identity above is not trivial
