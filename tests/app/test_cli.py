@@ -12,6 +12,7 @@ import pytest
 from app_helpers import (FACT, MAX_NEW_TOKENS, QUESTION, assert_clean_error, record_files, run_cli,
                          write_corpus)
 from chunkcache.api import Engine
+from chunkcache.strategies import DEFAULT_STRATEGY
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -133,7 +134,7 @@ def test_ask_json_prints_one_object_with_answer_citations_stats(store_copy, pris
     assert out["citations"][0]["path"] == os.path.join("corpus", "zorblat.md")
     s = out["stats"]
     assert (s["chunks_hit"], s["chunks_missed"]) == (3, 0), s
-    assert s["tokens_reused"] > 0 and s["strategy"] == "cachecraft"
+    assert s["tokens_reused"] > 0 and s["strategy"] == DEFAULT_STRATEGY
     assert 0 < s["new_tokens"] <= MAX_NEW_TOKENS
 
 
