@@ -41,14 +41,14 @@ class PrefillResult:
     rotary: RotaryTables
     computed_per_layer: list[int]  # |S_l|
     context_computed_per_layer: list[int]  # |S_l ∩ chunk tokens|
-    stats: AttentionStats | None = None
     # RoPE position of slot ``length`` (the first decoded token): ``length`` for a sequential prompt, the
     # placement's last position + 1 for a parallel one (APE), so decode continues right after the question.
-    next_position: int | None = None
+    next_position: int
+    stats: AttentionStats | None = None
 
     def rope_position(self, slot: int) -> int:
         """RoPE position of a decode slot >= ``length``."""
-        return slot + ((self.next_position if self.next_position is not None else self.length) - self.length)
+        return self.next_position + slot - self.length
 
 
 def _fill(buf: torch.Tensor, layout: Layout, prefix: ChunkRecord | None, records: list[ChunkRecord | None],
@@ -97,8 +97,14 @@ def partial_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: 
     plan.validate(pos_host, length)
     positions = pos_host.to(dev)
     h = model.embed(ids[positions])
-    rope_q = positions if place is None else place[positions]
-    mod = None if placement is None else placement.attention(positions, length)
+
+    def rows_layout(pos: torch.Tensor):
+        """RoPE positions and attention modification of the computed rows ``pos``."""
+        if placement is None:
+            return pos, None
+        return place[pos], placement.attention(pos, length)
+
+    rope_q, mod = rows_layout(positions)
     keys, values, keys_pre = [], [], []
     computed, context_computed = [], []
     in_context = torch.zeros(length, dtype=torch.bool)
@@ -145,9 +151,8 @@ def partial_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: 
                 plan.validate(nxt_host, length, within=pos_host)
                 h = h[torch.searchsorted(pos_host, nxt_host).to(dev)]
                 pos_host, positions = nxt_host, nxt_host.to(dev)
-                rope_q = positions if place is None else place[positions]
-                mod = None if placement is None else placement.attention(positions, length)
+                rope_q, mod = rows_layout(positions)
 
     logits = model.head(h[-1:])[0]
-    return PrefillResult(logits, keys, values, keys_pre, length, rotary, computed, context_computed, stats,
-                         n_pos)
+    return PrefillResult(logits, keys, values, keys_pre, length, rotary, computed, context_computed, n_pos,
+                         stats)

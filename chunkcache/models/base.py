@@ -241,9 +241,8 @@ class CausalLM:
         if not mod.tempers:
             return self._masked_sdpa(q, k, v, mask)
         groups = self.shape.n_heads // self.shape.n_kv_heads
-        kk = k.repeat_interleave(groups, dim=0).float()
         vv = v.repeat_interleave(groups, dim=0).float()
-        scores = torch.matmul(q.float(), kk.transpose(1, 2)) * self.scaling  # [H, Tq, k_len]
+        scores = self._scores(q, k)
         ctx = mod.tempered[:, None] & mod.context[None, :] & mask
         scores = torch.where(ctx, scores / mod.temperature, scores)
         lse_ctx = torch.logsumexp(scores.masked_fill(~ctx, float("-inf")), dim=-1, keepdim=True)
@@ -255,13 +254,17 @@ class CausalLM:
     def attention_probs(self, layer: int, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
         """Explicit attention probabilities [H, Tq, Tk] (float32) for rotated q and k of positions 0..Tk-1.
 
-        Fused kernels never return these; only record creation (Cache-Craft statistics) asks for them.
+        Fused kernels never return these; only record creation (Cache-Craft statistics) and the question
+        probe (engine/probe.py) ask for them.
         """
-        groups = self.shape.n_heads // self.shape.n_kv_heads
-        kk = k.repeat_interleave(groups, dim=0).float()
-        scores = torch.matmul(q.float(), kk.transpose(1, 2)) * self.scaling
         mask = attention_mask(q_pos, k.shape[1], self.windows[layer])
-        return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        return torch.softmax(self._scores(q, k).masked_fill(~mask, float("-inf")), dim=-1)
+
+    def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Scaled attention logits [H, Tq, Tk] (float32) of q [H, Tq, D] against k [Hkv, Tk, D] (GQA
+        expanded)."""
+        kk = k.repeat_interleave(self.shape.n_heads // self.shape.n_kv_heads, dim=0).float()
+        return torch.matmul(q.float(), kk.transpose(1, 2)) * self.scaling
 
 
 def attention_mask(q_pos: torch.Tensor, k_len: int, window: int | None) -> torch.Tensor:

@@ -30,9 +30,9 @@ Where ours deviates:
 * The shared prefix is our template prefix (chat header + instruction), after which our isolated records
   were computed: the paper's prefix is a model/task system prompt or a few "\\n". Records are used as is.
 * The question tokens attend to each other and to the prefix plainly, and to every chunk with T and S,
-  at every layer, as in the paper — but only in this prefill: decode (engine/decode.py) does not apply
-  the placement yet (its tokens sit at slot positions L, L+1, ... with plain attention), whereas the
-  paper also tempers generated tokens' attention. First-token fidelity is unaffected.
+  at every layer, as in the paper — but only in this prefill: decode (engine/decode.py) continues at the
+  RoPE position right after the placed question (``PrefillResult.next_position``) with plain attention,
+  whereas the paper also tempers generated tokens' attention. First-token fidelity is unaffected.
 * A chunk with no isolated record is computed in the request (DESIGN section 3's fallback), seeing only
   the shared prefix and itself at the parallel positions, so it gets exactly the states its isolated
   record would hold. Variants captured after other chunks are not used: parallel encoding needs states
