@@ -1,4 +1,4 @@
-"""``chunkcache`` command line: ingest, ask, cache stats|verify|clear, calibrate, bench.
+"""``chunkcache`` command line: ingest, ask, cache stats|verify|clear, calibrate, bench, serve.
 
 Every command goes through ``chunkcache.api.Engine`` (or the benchmark runner); bad input ends with a
 one-line ``error: ...`` on stderr and exit status 2.
@@ -28,6 +28,7 @@ def _engine_args(p: argparse.ArgumentParser, strategy: bool = False) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from chunkcache.bench import command as bench
+    from chunkcache.serve import server as serve_server
 
     p = argparse.ArgumentParser(prog="chunkcache", description="RAG that never prefills the same chunk twice.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(cal)
 
     bench.add_arguments(sub.add_parser("bench", help="quality and speed of every reuse strategy"))
+
+    srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (chat, completions, RAG, documents)")
+    serve_server.add_arguments(srv)
+    _engine_args(srv, strategy=True)
     return p
 
 
@@ -170,6 +175,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from chunkcache.serve.server import serve
+
+    return serve(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -178,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     from chunkcache.models.base import UnsupportedModelError
     from chunkcache.store import StoreLockedError
 
-    handlers = {"ingest": _ingest, "ask": _ask, "cache": _cache, "calibrate": _calibrate}
+    handlers = {"ingest": _ingest, "ask": _ask, "cache": _cache, "calibrate": _calibrate, "serve": _serve}
     try:
         if args.command == "bench":
             from chunkcache.bench.command import main as bench_main
