@@ -1,7 +1,8 @@
 """The FastAPI application: OpenAI-compatible generation, RAG queries, documents, health and metrics.
 
-``create_app`` wires the routers (each ``/v1`` route behind the optional API key), the OpenAI-shaped error
-handlers, the body size limit (checked before any parsing) and the response counter. The serving engine must
+``create_app`` wires the routers, the OpenAI-shaped error handlers, and three ASGI middlewares, outermost
+first: the response counter, the optional API key on ``/v1`` routes, and the body size limit (checked before
+any parsing). The serving engine must
 already be started; whoever started it stops it (server.py, when uvicorn returns).
 """
 
@@ -14,7 +15,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import Response
 
 from chunkcache.serve import completions, documents, rag
-from chunkcache.serve.auth import bearer_guard
+from chunkcache.serve.auth import BearerAuth
 from chunkcache.serve.errors import install_error_handlers
 from chunkcache.serve.limits import DEFAULT_MAX_BODY, BodyLimit
 from chunkcache.serve.metrics import CountResponses, Metrics
@@ -70,11 +71,11 @@ def create_app(engine: "Engine", serving: "ServingEngine", model_alias: str | No
     app = FastAPI(title="chunkcache", version="0.1.0",
                   description="OpenAI-compatible serving that reuses per-chunk KV caches")
     app.state.chunkcache = st
-    guarded = [Depends(bearer_guard(api_key))]
-    for router in (completions.router, models, rag.router, documents.router):
-        app.include_router(router, dependencies=guarded)
-    app.include_router(ops)
+    for router in (completions.router, models, rag.router, documents.router, ops):
+        app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if api_key:
+        app.add_middleware(BearerAuth, api_key=api_key)
     app.add_middleware(CountResponses, metrics=st.metrics)
     return app

@@ -1,28 +1,35 @@
 """Optional API key: ``Authorization: Bearer <key>`` on every ``/v1`` route (``/health`` and ``/metrics`` stay
-open for probes and scrapers). The comparison is constant-time (``hmac.compare_digest``), so response timing
-does not reveal how much of a guessed key was right."""
+open for probes and scrapers).
+
+An ASGI middleware rather than a route dependency, so a request without the key is refused before its body is
+read or validated: an unauthenticated client learns nothing about the schema. The comparison is constant-time
+(``hmac.compare_digest``), so response timing does not reveal how much of a guessed key was right.
+"""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
 
-from fastapi import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chunkcache.serve.errors import APIError
+from chunkcache.serve.errors import error_response
+
+PROTECTED_PREFIX = "/v1"
 
 
-def bearer_guard(api_key: str | None) -> Callable[[Request], None]:
-    """A FastAPI dependency that rejects requests without the key (401); a no-op when ``api_key`` is None."""
-    expected = f"Bearer {api_key}".encode() if api_key else None
+class BearerAuth:
+    """Wrap ``app`` so ``/v1`` requests without ``Authorization: Bearer <api_key>`` get 401."""
 
-    def check(request: Request) -> None:
-        if expected is None:
-            return
-        given = request.headers.get("authorization", "").encode("latin-1", "replace")
-        if not hmac.compare_digest(given, expected):
-            message = ("missing API key: send 'Authorization: Bearer <key>'" if not given
-                       else "invalid API key")
-            raise APIError(401, message, None, "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
 
-    return check
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PROTECTED_PREFIX):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                message = "missing API key: send 'Authorization: Bearer <key>'" if not given else "invalid API key"
+                response = error_response(401, message, None, "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -38,7 +38,7 @@ async def rag_query(body: RagQueryRequest, request: Request, st: ServerState = D
     except ValueError as e:  # an empty question, or a store without documents
         raise APIError(400, str(e), "question", "invalid_value") from None
     prompt = RagPrompt(chunks, question_ids)
-    n_prompt = sum(map(len, chunks)) + len(question_ids)
+    n_prompt = len(st.serving.reuse.template.prefix_ids) + sum(map(len, chunks)) + len(question_ids)
     params = gen_params(st, n_prompt, body.max_tokens, 0.0 if body.temperature is None else body.temperature,
                         body.top_p, body.seed)
     run = Run(st, submit(st, prompt, params), "rag")

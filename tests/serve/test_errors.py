@@ -88,6 +88,8 @@ def test_missing_or_wrong_key_is_401(guarded_server: Server) -> None:
             openai.OpenAI(base_url=base, api_key=key, max_retries=0).models.list()
     r = httpx.post(f"{base}/chat/completions", json={"model": "default", "messages": []})
     assert _error(r, 401)["code"] == "invalid_api_key" and r.headers["www-authenticate"] == "Bearer"
+    r = httpx.post(f"{base}/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert _error(r, 401)["code"] == "invalid_api_key"  # refused before the body is even parsed
     assert guarded_server.client().models.list().data  # the right key works
     assert httpx.get(f"{guarded_server.base}/health").status_code == 200  # probes need no key
     assert httpx.get(f"{guarded_server.base}/metrics").status_code == 200
