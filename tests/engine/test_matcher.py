@@ -140,9 +140,23 @@ def test_edited_middle_matches_in_two_pieces_around_the_edit(tok, passages):
     matches = verified(index, ids, index.find(ids))
     assert len(matches) == 2
     changed = token_span(tok, prompt, edit)
-    assert matches[0].end <= changed.start and matches[1].start >= changed.stop
+    assert 0 <= changed.start - matches[0].end <= 1 and 0 <= matches[1].start - changed.stop <= 1
     assert matches[0].offset < matches[1].offset
     assert sum(len(m) for m in matches) >= 0.8 * len(index.tokens("p0"))
+
+
+def test_overlapping_stored_chunks_the_longest_run_wins(tok, passages):
+    """A chunk holding the passage's first 200 tokens after other text hits first; the whole passage, whose
+    first token differs in the prompt and so first hits a window later, still wins."""
+    prompt = chat(tok, "Document 2: " + passages[8])
+    ids = encode(tok, prompt)
+    whole = encode(tok, passages[8])
+    p0 = token_span(tok, prompt, passages[8]).start
+    assert ids[p0] != whole[0] and ids[p0 + 1:p0 + len(whole)] == whole[1:]
+    index = ChunkIndex(16)
+    index.add("prefix", encode(tok, passages[9])[:48] + ids[p0:p0 + 200])
+    index.add("whole", whole)
+    assert verified(index, ids, index.find(ids)) == [Match(p0 + 1, p0 + len(whole), "whole", 1)]
 
 
 def test_chunks_shorter_than_the_window_are_not_matched(tok):
