@@ -45,12 +45,14 @@ def _store_text(folder: Path, name: str, text: str) -> Path:
 
 
 def _ingest(st: ServerState, paths: list[Path]) -> dict:
-    """Ingest ``paths`` and tell the serving engine which chunks no longer exist (called under the engine lock)."""
+    """Ingest ``paths`` and update the serving engine's matcher: new chunks are matched in plain prompts from
+    now on, chunks no document uses any more are not (called under the engine lock)."""
     before = st.engine.index.chunk_hashes_in_use()
     report = st.engine.ingest(paths, progress=False)
     gone = before - st.engine.index.chunk_hashes_in_use()
     if gone:
         st.serving.forget(sorted(gone))
+    st.serving.refresh_index()
     return asdict(report)
 
 
@@ -102,7 +104,10 @@ def _remove(st: ServerState, ref: str) -> dict:
             break
     else:
         raise APIError(404, f"no document {ref!r}: GET /v1/documents lists them", "ref", "document_not_found")
-    removed = st.engine.remove_document(path)
+    try:
+        removed = st.engine.remove_document(path)
+    except KeyError:  # removed by a concurrent request since the lookup above
+        raise APIError(404, f"no document {ref!r}", "ref", "document_not_found") from None
     st.serving.forget(removed)
     if Path(path).parent == folder:
         Path(path).unlink(missing_ok=True)

@@ -37,7 +37,7 @@ class Server:
 
     def client(self, **kw: object) -> OpenAI:
         """The official OpenAI client pointed at this server (no retries: tests see every status)."""
-        return OpenAI(base_url=f"{self.base}/v1", api_key=self.api_key or "unused", max_retries=0, **kw)
+        return OpenAI(base_url=f"{self.base}/v1", api_key=self.api_key or "unused", max_retries=0, timeout=120, **kw)
 
     def http(self, **kw: object) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}

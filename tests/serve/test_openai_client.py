@@ -123,3 +123,11 @@ def test_client_disconnect_cancels_the_request(server: Server, model_id: str) ->
         time.sleep(0.1)
     raise AssertionError(f"request still running after the client left: {server.health()}")
 
+
+
+def test_tiny_temperature_is_greedy_not_a_crash(server: Server, model_id: str) -> None:
+    client = server.client()
+    tiny = client.completions.create(model=model_id, prompt=COUNTING, max_tokens=6, temperature=1e-300)
+    greedy = client.completions.create(model=model_id, prompt=COUNTING, max_tokens=6, temperature=0)
+    assert tiny.choices[0].text == greedy.choices[0].text
+    assert server.health()["status"] == "ok"
