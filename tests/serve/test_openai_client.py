@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-import httpx
-
 from serve_helpers import Server
 
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # greedy SmolLM2 keeps counting: a long answer on demand
