@@ -71,13 +71,13 @@ def _stop_on_signals() -> Iterator[None]:
 
 def serve(args: argparse.Namespace) -> int:
     """Run the server until it is told to stop; returns the exit status."""
+    check_arguments(args)
     import uvicorn
 
     from chunkcache.api import Engine
     from chunkcache.engine.serving import ServingConfig, ServingEngine
     from chunkcache.serve.app import create_app
 
-    check_arguments(args)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     engine = Engine(store=args.store, model=args.model, strategy=args.strategy, device=args.device)
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import re
+import subprocess
+import sys
 
 import httpx
 import openai
@@ -111,3 +113,11 @@ def test_full_queue_is_429_with_retry_after(guarded_server: Server) -> None:
     assert int(refused.headers["retry-after"]) >= 1
     assert _error(refused, 429)["type"] == "rate_limit_error"
     assert guarded_server.health()["status"] == "ok"
+
+
+@pytest.mark.parametrize("args,message", [(["--max-running", "0"], "--max-running must be at least 1"),
+                                          (["--port", "70000"], "--port must be in [1, 65535]")])
+def test_bad_serve_options_fail_before_the_model_loads(tmp_path, args: list[str], message: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "chunkcache.cli", "serve", "--store", str(tmp_path), *args],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and message in r.stderr and r.stderr.startswith("error: ")
