@@ -62,16 +62,15 @@ class DecodeRunner:
         return self._sample(seqs, logits)
 
     def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """q [H, B, D] over keys/values [B, Hkv, n, D] under mask [B, 1, 1, n] → [B, H·D]."""
+        """q [H, B, D] over keys/values [B, Hkv, n, D] under mask [B, 1, 1, n] → [B, H·D].
+
+        GQA without copying K/V: the G query heads that share a KV head become G query rows of that head
+        (q viewed as [B, Hkv, G, D]), which every SDPA kernel handles, CUDA's masked one included."""
         s = self.model.shape
-        gqa = s.n_heads != s.n_kv_heads
-        if q.is_cuda and gqa:  # CUDA's masked kernel has no GQA path (see CausalLM._masked_sdpa)
-            groups = s.n_heads // s.n_kv_heads
-            keys, values = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
-            gqa = False
-        out = F.scaled_dot_product_attention(q.transpose(0, 1)[:, :, None], keys, values, attn_mask=mask,
-                                             scale=self.model.scaling, enable_gqa=gqa)
-        return out[:, :, 0].reshape(q.shape[1], -1)
+        b = q.shape[1]
+        grouped = q.transpose(0, 1).reshape(b, s.n_kv_heads, s.n_heads // s.n_kv_heads, s.head_dim)
+        out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=self.model.scaling)
+        return out.reshape(b, -1)
 
     @staticmethod
     def _sample(seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
