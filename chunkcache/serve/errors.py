@@ -40,6 +40,7 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
+    """An OpenAI-shaped error as a response (also used by the middlewares, which run outside FastAPI)."""
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 

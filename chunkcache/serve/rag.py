@@ -26,6 +26,7 @@ router = APIRouter()
 
 
 def citations(hits: list[Hit]) -> list[dict]:
+    """Where each retrieved chunk came from (path and lines) and its retrieval score, best first."""
     return [{"path": h.path, "start_line": h.start_line, "end_line": h.end_line, "score": round(h.score, 4)}
             for h in hits]
 

@@ -21,6 +21,7 @@ API_KEY = "test-key-7f3a"
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -40,6 +41,7 @@ class Server:
         return OpenAI(base_url=f"{self.base}/v1", api_key=self.api_key or "unused", max_retries=0, timeout=120, **kw)
 
     def http(self, **kw: object) -> httpx.Client:
+        """A raw HTTP client (with the key, if any), for what the OpenAI client cannot send."""
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         return httpx.Client(base_url=self.base, headers=headers, timeout=120, **kw)
 
@@ -48,6 +50,7 @@ class Server:
 
 
 def start_server(tmp: Path, *args: str) -> Server:
+    """Start ``chunkcache serve`` with a store under ``tmp`` and wait until /health answers."""
     port = free_port()
     log = tmp / "server.log"
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
