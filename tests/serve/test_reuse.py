@@ -98,7 +98,7 @@ def test_deleting_a_document_stops_its_chunks_being_reused(server: Server, model
         assert before > 0, "the stored chunk should be found in the prompt"
         assert http.delete("/v1/documents/lanterns.txt").status_code == 200
         after = http.post("/v1/completions", json=ask).json()["usage"]["prompt_tokens_details"]["cached_tokens"]
-        assert after < before
+        assert after == 0  # the rest of the prompt is too short for the matcher to have learned it
 
 
 @pytest.mark.parametrize("body", [{"name": "../escape.md", "text": "x"}, {"name": "noext", "text": "x"},
