@@ -23,14 +23,21 @@ class Sampling:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
 
 
+# Below this temperature, logits / temperature can overflow float32 (softmax then gives NaN): it means "only
+# the most likely token", so it is greedy.
+GREEDY_TEMPERATURE = 1e-5
+
+
 def pick(logits: torch.Tensor, sampling: Sampling, gen: torch.Generator | None) -> int:
-    """Next token from float32 logits [vocab]."""
-    if sampling.temperature == 0:
+    """Next token from float32 logits [vocab]. Nucleus (top-p) sampling always keeps the most likely token, so
+    a top_p that rounds to 0 is greedy rather than an empty distribution."""
+    if sampling.temperature < GREEDY_TEMPERATURE:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
     if sampling.top_p < 1:
         sorted_p, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_p, 0) - sorted_p < sampling.top_p
+        keep[0] = True
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 

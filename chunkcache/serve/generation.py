@@ -27,22 +27,17 @@ from chunkcache.serve.state import ServerState
 log = logging.getLogger("chunkcache.serve")
 
 DISCONNECT_POLL_S = 0.25
-# a smaller temperature overflows logits / temperature to inf, and a smaller top_p rounds to 0 in float32 and
-# keeps no token: both mean "only the most likely token", i.e. greedy decoding
-GREEDY_BELOW = 1e-5
 
 
 def gen_params(st: ServerState, prompt_tokens: int, max_tokens: int | None, temperature: float,
                top_p: float | None, seed: int | None, stop: tuple[str, ...] = ()) -> GenParams:
     """The engine's parameters for a request. Without ``max_tokens``, the server default, shortened to what
     the context window leaves after the prompt (an explicit value is never shortened: too long is a 400).
-    A temperature or top_p below ``GREEDY_BELOW`` is greedy decoding."""
+    A vanishing temperature or top_p is greedy (engine/decode.py ``pick``)."""
     if max_tokens is None:
         room = st.serving.window - prompt_tokens
         max_tokens = min(st.default_max_tokens, room) if room > 0 else st.default_max_tokens
     top_p = 1.0 if top_p is None else top_p
-    if temperature < GREEDY_BELOW or top_p < GREEDY_BELOW:
-        temperature = 0.0
     try:
         return GenParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop)
     except ValueError as e:

@@ -29,3 +29,10 @@ def test_bad_sampling_settings():
         Sampling(temperature=-1)
     with pytest.raises(ValueError):
         Sampling(top_p=0)
+
+
+def test_vanishing_temperature_or_top_p_is_greedy_not_an_error():
+    logits = torch.tensor([0.0, 3.0, 1.0, 2.9]) * 50
+    gen = torch.Generator().manual_seed(0)
+    assert pick(logits, Sampling(temperature=1e-300), gen) == 1
+    assert {pick(logits, Sampling(temperature=1.0, top_p=1e-300), gen) for _ in range(20)} == {1}
