@@ -8,6 +8,8 @@ already be started; whoever started it stops it (server.py, when uvicorn returns
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import time
 from typing import TYPE_CHECKING
 
@@ -63,11 +65,13 @@ async def metrics(st: ServerState = Depends(state)) -> Response:
 
 def create_app(engine: "Engine", serving: "ServingEngine", model_alias: str | None = None,
                api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY,
-               default_max_tokens: int = 256) -> FastAPI:
+               default_max_tokens: int = 256, ingest_roots: list[Path] | None = None) -> FastAPI:
     """The server over a loaded ``engine`` and its started ``serving`` engine. ``model_alias`` is another name
-    clients may use for the model (e.g. ``default``); ``api_key`` None leaves the API open."""
+    clients may use for the model (e.g. ``default``); ``api_key`` None leaves the API open. Server-side paths
+    may be ingested only inside ``ingest_roots`` (none: only uploaded text)."""
     st = ServerState(engine, serving, Metrics(serving.snapshot, serving.reuse.store.stats), engine.model_name,
-                     frozenset({model_alias} - {None}), default_max_tokens)
+                     frozenset({model_alias} - {None}), default_max_tokens,
+                     tuple(p.expanduser().resolve() for p in ingest_roots or []))
     app = FastAPI(title="chunkcache", version="0.1.0",
                   description="OpenAI-compatible serving that reuses per-chunk KV caches")
     app.state.chunkcache = st

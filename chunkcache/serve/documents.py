@@ -1,8 +1,8 @@
 """``/v1/documents``: add, list and delete the documents answers are drawn from.
 
 ``POST`` takes ``{"name": ..., "text": ...}`` (stored as ``<store>/documents/<name>``; the name's suffix picks the
-reader, e.g. ``.md`` or ``.py``) or ``{"paths": [...]}`` of files and folders on the server (so the API key,
-when set, guards what the server may read). Ingestion is incremental, as ``chunkcache ingest`` is; the chunks
+reader, e.g. ``.md`` or ``.py``) or ``{"paths": [...]}`` of files and folders on the server, accepted only inside the folders the operator
+named with ``--ingest-root`` (403 otherwise). Ingestion is incremental, as ``chunkcache ingest`` is; the chunks
 an update makes obsolete are dropped from the engine's matcher too. ``DELETE /v1/documents/{ref}`` takes an
 uploaded document's name or any indexed path (URL-encoded) and removes the document, its vectors, its chunk
 records and the matcher's knowledge of them, so a removed chunk is never reused again.
@@ -63,6 +63,7 @@ async def add_documents(body: DocumentText | DocumentPaths, st: ServerState = De
         paths = [_store_text(documents_dir(st), body.name, body.text)]
     else:
         paths = [Path(p).expanduser() for p in body.paths]
+        _check_roots(st, paths)
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise APIError(400, f"paths: no such file or folder on the server: {', '.join(missing)}", "paths",
@@ -72,6 +73,18 @@ async def add_documents(body: DocumentText | DocumentPaths, st: ServerState = De
     except (ValueError, PermissionError, FileNotFoundError) as e:
         raise APIError(400, str(e), None, "ingest_failed") from None
     return {"object": "ingest.report", "documents": [str(p.resolve()) for p in paths], **report}
+
+
+def _check_roots(st: ServerState, paths: list[Path]) -> None:
+    """403 unless every path lies inside a folder the operator opened with ``--ingest-root``: a client must
+    not make the server read whatever files it can."""
+    if not st.ingest_roots:
+        raise APIError(403, "paths: ingesting server-side paths is off; upload text as {name, text}, or start the "
+                            "server with --ingest-root DIR", "paths", "paths_disabled")
+    outside = [str(p) for p in paths if not any(p.resolve().is_relative_to(r) for r in st.ingest_roots)]
+    if outside:
+        raise APIError(403, f"paths: outside the server's ingest roots: {', '.join(outside)}", "paths",
+                       "path_not_allowed")
 
 
 def _listing(st: ServerState) -> list[dict]:

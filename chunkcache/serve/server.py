@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import signal
+from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -39,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest request body accepted; larger get 413 (default 8 MiB)")
     p.add_argument("--max-tokens", type=int, default=256,
                    help="completion length when a request sets none (default 256)")
+    p.add_argument("--ingest-root", action="append", default=[], metavar="DIR",
+                   help="a folder whose files POST /v1/documents may ingest by server-side path (repeatable; "
+                        "default none: only uploaded text is accepted)")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -88,7 +92,8 @@ def serve(args: argparse.Namespace) -> int:
         serving.start()
         try:
             app = create_app(engine, serving, model_alias=args.model, api_key=api_key,
-                             max_body_bytes=args.max_body_bytes, default_max_tokens=args.max_tokens)
+                             max_body_bytes=args.max_body_bytes, default_max_tokens=args.max_tokens,
+                             ingest_roots=[Path(d) for d in args.ingest_root])
             config = uvicorn.Config(app, host=args.host, port=args.port, timeout_graceful_shutdown=GRACE_S,
                                     log_level="info" if args.verbose else "warning", access_log=args.verbose)
             print(f"chunkcache serving {engine.model_name} on http://{args.host}:{args.port}/v1 "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from fastapi import Request
@@ -30,6 +31,7 @@ class ServerState:
     model_id: str                       # the served model's name, as /v1/models lists it
     aliases: frozenset[str] = field(default_factory=frozenset)  # other names clients may use for it
     default_max_tokens: int = 256
+    ingest_roots: tuple[Path, ...] = ()  # folders whose files may be ingested by server-side path
     _tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
     _engine_lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -15,7 +15,8 @@ from serve_helpers import API_KEY, Server, start_server, stop_server
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(tmp_path_factory.mktemp("serve"), "--max-tokens", "16")
+    srv = start_server(tmp_path_factory.mktemp("serve"), "--max-tokens", "16",
+                       "--ingest-root", str(tmp_path_factory.getbasetemp()))
     yield srv
     stop_server(srv)
 

@@ -107,3 +107,12 @@ def test_bad_document_requests_are_400(server: Server, body: dict) -> None:
     with server.http() as http:
         r = http.post("/v1/documents", json=body)
     assert r.status_code == 400 and "error" in r.json()
+
+
+def test_server_side_paths_only_inside_the_ingest_roots(server: Server, guarded_server: Server) -> None:
+    with server.http() as http:
+        r = http.post("/v1/documents", json={"paths": ["/etc"]})
+    assert r.status_code == 403 and "ingest roots" in r.json()["error"]["message"]
+    with guarded_server.http() as http:  # started without --ingest-root
+        r = http.post("/v1/documents", json={"paths": ["/etc"]})
+    assert r.status_code == 403 and "--ingest-root" in r.json()["error"]["message"]
