@@ -1,0 +1,109 @@
+"""The serving benchmark: its request trace, its report, and small end-to-end runs (in-process and HTTP)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+
+import pytest
+
+from chunkcache.bench.datasets import shared_data_dir
+from chunkcache.bench.serve_report import RequestResult, percentile, summarize
+from chunkcache.bench.word_tokenizer import WordTokenizer
+from chunkcache.bench.workload import make_trace, musique_sets, text_sets, zipf_weights
+
+TEXTS = [f"Passage {i}: the {w} river flows past {i + 3} old mills and a stone bridge." for i, w in
+         enumerate(["red", "green", "blue", "amber", "grey", "white", "black", "violet", "teal", "olive",
+                    "ochre", "pink"])]
+
+
+def test_trace_is_deterministic_for_a_seed_and_changes_with_it():
+    sets = musique_sets(4, seed=0)
+    a, b = make_trace(sets, 80, 1.1, seed=3), make_trace(musique_sets(4, seed=0), 80, 1.1, seed=3)
+    assert a == b
+    assert [r.content() for r in a] == [r.content() for r in b]
+    assert make_trace(sets, 80, 1.1, seed=4) != a
+
+
+def test_zipf_popularity_shows_and_sets_repeat_with_several_questions():
+    trace = make_trace(musique_sets(4), 200, 1.1, seed=0)
+    counts = Counter(r.set_id for r in trace)
+    per_set = [counts.get(i, 0) for i in range(50)]
+    assert max(per_set) > 3 * statistics.median(per_set)
+    top = counts.most_common(1)[0][0]
+    assert len({r.question for r in trace if r.set_id == top}) > 1
+    uniform = Counter(r.set_id for r in make_trace(musique_sets(4), 200, 0.0, seed=0))
+    assert max(uniform.values()) < max(per_set)
+
+
+def test_zipf_weights_follow_the_power_law():
+    w = zipf_weights(10, 1.0)
+    assert sum(w) == pytest.approx(1.0)
+    assert w[0] / w[1] == pytest.approx(2.0) and w[0] / w[9] == pytest.approx(10.0)
+    assert zipf_weights(4, 0.0) == [0.25] * 4
+
+
+def test_orders_are_shuffled_but_sets_keep_their_passages():
+    sets = text_sets(TEXTS, 4, 3, seed=1)
+    trace = make_trace(sets, 60, 0.5, seed=2)
+    orders = {}
+    for r in trace:
+        assert sorted(r.passages) == sorted(sets[r.set_id].passages)
+        orders.setdefault(r.set_id, set()).add(r.passages)
+    assert any(len(o) > 1 for o in orders.values())
+
+
+def test_musique_sets_use_the_examples_passages_and_questions():
+    sets = musique_sets(3)
+    data = json.loads((shared_data_dir() / "musique_dev.json").read_text())
+    assert len(sets) == len(data)
+    assert sets[0].questions[0] == data[0]["question"]
+    texts = {c["text"].strip() for c in data[0]["ctxs"]}
+    assert all(p.strip() in texts for p in sets[0].passages)
+
+
+def test_prompts_are_plain_chat_messages_without_markers():
+    trace = make_trace(text_sets(TEXTS, 3, 4, seed=0), 10, 1.0, seed=0)
+    for r in trace:
+        msgs = r.messages()
+        assert [m["role"] for m in msgs] == ["user"]
+        content = msgs[0]["content"]
+        assert content.startswith("Answer using these passages:\n\n[1] ")
+        assert content.endswith(f"Question: {r.question}")
+        for i, p in enumerate(r.passages, 1):
+            assert f"[{i}] {p.strip()}" in content
+        for marker in ("<chunk", "<|chunk", "chunkcache", "<doc", "[[", "]]"):
+            assert marker not in content
+
+
+def test_bad_trace_settings_are_refused():
+    with pytest.raises(ValueError):
+        text_sets(TEXTS, 13, 2)
+    with pytest.raises(ValueError):
+        make_trace([], 5)
+    with pytest.raises(ValueError):
+        zipf_weights(3, -1.0)
+
+
+def test_summary_counts_rates_percentiles_and_reuse():
+    results = [RequestResult(i, ttft_s=0.1 * (i + 1), latency_s=0.5 * (i + 1), prompt_tokens=100,
+                             cached_tokens=25 * i, completion_tokens=10) for i in range(4)]
+    results.append(RequestResult(4, error="APIError: boom"))
+    row = summarize(results, wall_s=2.0)
+    assert row["requests"] == 5 and row["errors"] == 1 and row["first_error"] == "APIError: boom"
+    assert row["requests_per_s"] == pytest.approx(2.0) and row["output_tokens_per_s"] == pytest.approx(20.0)
+    assert row["ttft_ms_p50"] == pytest.approx(250.0) and row["latency_ms_p95"] == pytest.approx(1925.0)
+    assert row["reused_fraction"] == pytest.approx(150 / 400)
+    assert percentile([], 50) is None and percentile([3.0], 99) == 3.0
+
+
+def test_word_tokenizer_keeps_a_passage_the_same_inside_a_prompt():
+    tok = WordTokenizer(128256)
+    passage = "Title: Mills\nthe red river flows past old mills.\n\n"
+    alone = tok(passage, add_special_tokens=False).input_ids
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Answer:\n\n" + passage + "Question: why?"}],
+                                     add_generation_prompt=True)
+    assert any(prompt[i:i + len(alone)] == alone for i in range(len(prompt)))
+    assert prompt[0] == tok.bos_token_id and all(3 <= i < 128256 for i in prompt[1:])
+    assert tok.decode(tok("the red river", add_special_tokens=False).input_ids) == "the red river"
