@@ -107,3 +107,6 @@ def test_word_tokenizer_keeps_a_passage_the_same_inside_a_prompt():
     assert any(prompt[i:i + len(alone)] == alone for i in range(len(prompt)))
     assert prompt[0] == tok.bos_token_id and all(3 <= i < 128256 for i in prompt[1:])
     assert tok.decode(tok("the red river", add_special_tokens=False).input_ids) == "the red river"
+    blank = [i for i, text in enumerate(tok.batch_decode([[i] for i in range(len(tok))])) if "\n\n" in text]
+    assert blank == [tok("\n\n", add_special_tokens=False).input_ids[0]]
+    assert prompt.count(blank[0]) == 2  # the two blank lines of the message
