@@ -23,6 +23,7 @@ from chunkcache.engine.decode import Sampling
 from chunkcache.engine.reuse import ReuseEngine
 from chunkcache.models.loader import DEFAULT_MODEL, canonical_name, load_model
 from chunkcache.rag import Embedder, Hit, IngestReport, VectorIndex, ingest, require_paths
+from chunkcache.rag.ingest import document_key
 from chunkcache.store import DiskTier, MemoryTier, TieredStore, store_lock
 from chunkcache.strategies import DEFAULT_STRATEGY, make_strategy
 
@@ -190,6 +191,21 @@ class Engine:
             return ingest(targets, self.index, self.embedder, self._count_tokens, self._chunk_key,
                           on_chunk_removed=self.reuse.store.delete, precompute=self._precompute,
                           is_cached=self.kv.__contains__, progress=progress)
+
+    def remove_document(self, path: str | os.PathLike) -> list[str]:
+        """Forget an ingested document: its vectors, and the records of its chunks that no other document
+        uses, from every tier. Returns the removed chunk ids; raises KeyError if it was never ingested."""
+        key = document_key(Path(path))
+        with store_lock(self.root, timeout=600):
+            if self.index.document_sha(key) is None:
+                raise KeyError(f"no ingested document {path}")
+            chunk_ids = self.index.remove_document(key)
+            self.index.save()
+            in_use = self.index.chunk_hashes_in_use()
+            gone = [c for c in dict.fromkeys(chunk_ids) if c not in in_use]
+            for chunk_id in gone:
+                self.reuse.store.delete(chunk_id)
+        return gone
 
     def retrieve(self, question: str, k: int | None = None) -> list[Hit]:
         """The top-k chunks for a question, best first."""

@@ -121,50 +121,58 @@ class ReuseEngine:
 
     def prefill(self, chunks: list[list[int]], question_ids: list[int], strategy: Strategy,
                 reserve: int = 0, capture_variants: bool = False) -> Prefilled:
-        """Assemble, choose, run the partial prefill; store records for missed chunks (and, with
-        ``capture_variants``, every chunk's in-context variant)."""
-        dev = self.model.device
+        """Assemble ``template prefix | chunks | question``, choose, run the partial prefill; store records for
+        missed chunks (and, with ``capture_variants``, every chunk's in-context variant)."""
         t0 = time.perf_counter()
         chunk_ids = [self.chunk_id(c) for c in chunks]
         ids, layout = self.template.assemble(chunks, question_ids, chunk_ids)
         cands = self.candidates(chunk_ids) if strategy.name != "full" else [[] for _ in chunks]
+        missed = [i for i, c in enumerate(cands) if not c]
+        if capture_variants:
+            learn = list(range(len(chunks)))
+        else:  # `full` computes everything and keeps nothing
+            learn = [] if strategy.name == "full" else missed
+        return self.run(ids, layout, self.prefix, cands, strategy, learn, reserve=reserve, started=t0)
+
+    def run(self, ids: torch.Tensor, layout: Layout, prefix: ChunkRecord | None, cands: list[list[ChunkRecord]],
+            strategy: Strategy, learn: list[int], reserve: int = 0, started: float | None = None,
+            with_stats: bool = True) -> Prefilled:
+        """Decide and run the partial prefill of an assembled prompt ``ids`` laid out as ``layout`` (after the
+        template ``prefix`` record, or after nothing when None), each chunk's candidate records ``cands``
+        already loaded; then capture the chunks ``learn`` as records. ``with_stats`` collects Cache-Craft
+        attention statistics for the captured records (an explicit softmax over the computed rows)."""
+        dev = self.model.device
+        t0 = time.perf_counter() if started is None else started
         _sync(dev)
         t1 = time.perf_counter()
         probed: list[int] = [0] * self.model.shape.n_layers  # the probe's computed positions per layer
 
         def probe(records: list[ChunkRecord | None], layers: list[int], last_row: bool) -> torch.Tensor:
-            scores, computed = probe_question(self.model, ids, layout, self.prefix, records, layers, last_row)
+            scores, computed = probe_question(self.model, ids, layout, prefix, records, layers, last_row)
             probed[:] = [a + b for a, b in zip(probed, computed)]
             return scores
 
         req = Request(layout, cands, self.model.shape.n_layers, probe)
         decision = strategy.decide(req)
-        missed = [i for i, c in enumerate(cands) if not c]
-        learn = (bool(missed) and strategy.name != "full") or capture_variants
-        stats = AttentionStats(layout, self.model.shape.n_layers) if learn else None
-        result = partial_prefill(self.model, ids, layout, self.prefix, decision.records, decision.plan,
+        stats = AttentionStats(layout, self.model.shape.n_layers) if learn and with_stats else None
+        result = partial_prefill(self.model, ids, layout, prefix, decision.records, decision.plan,
                                  reserve=reserve, stats=stats)
         _sync(dev)
         t2 = time.perf_counter()
         if learn:
-            self._learn(result, ids, req, decision, stats, missed, capture_variants)
+            exact = decision.exact_chunks(req)  # after the prefill: a shrinking plan knows what it kept
+            for rec in capture(self.fingerprint, result, ids, layout, decision.records, stats, learn, exact,
+                               self.store_dtype):
+                self.store.put(rec)
+        missed = sum(1 for c in cands if not c)
         rs = RequestStats(
             prompt_tokens=layout.length, context_tokens=layout.context_tokens,
-            question_tokens=len(layout.question), chunks_hit=len(chunks) - len(missed),
-            chunks_missed=len(missed),
+            question_tokens=len(layout.question), chunks_hit=len(cands) - missed, chunks_missed=missed,
             computed_per_layer=[a + b for a, b in zip(result.computed_per_layer, probed)],
             context_computed_per_layer=result.context_computed_per_layer,
             timings_ms={"load": (t1 - t0) * 1e3, "prefill": (t2 - t1) * 1e3,
                         "store": (time.perf_counter() - t2) * 1e3})
         return Prefilled(ids, layout, decision, result, rs)
-
-    def _learn(self, result: PrefillResult, ids: torch.Tensor, req: Request, decision: Decision,
-               stats: AttentionStats | None, missed: list[int], every: bool) -> None:
-        indices = range(len(req.layout.chunks)) if every else missed
-        exact = decision.exact_chunks(req)  # after the prefill: a shrinking plan knows what it kept
-        for rec in capture(self.fingerprint, result, ids, req.layout, decision.records, stats, list(indices),
-                           exact, self.store_dtype):
-            self.store.put(rec)
 
     def generate(self, pre: Prefilled, max_new_tokens: int, sampling: Sampling = Sampling()) -> Iterator[int]:
         return generate(self.model, pre.result, max_new_tokens, self.stop_ids, sampling)

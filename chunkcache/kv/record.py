@@ -114,3 +114,24 @@ class ChunkRecord:
             outside=self.outside,
             exact=self.exact,
         )
+
+    def slice(self, start: int, end: int) -> "ChunkRecord":
+        """The record of tokens ``start..end-1`` only (views, no copy): what a prompt that holds just that
+        part of the chunk reuses. Keys are pre-RoPE, so any part can be placed anywhere. A part that does
+        not start at the chunk's first token lost what came before it, so it is never exact."""
+        if not 0 <= start < end <= self.n_tokens:
+            raise ValueError(f"slice {start}:{end} outside a chunk of {self.n_tokens} tokens")
+        if (start, end) == (0, self.n_tokens):
+            return self
+        return ChunkRecord(
+            chunk_id=self.chunk_id,
+            token_ids=self.token_ids[start:end],
+            keys=[k[:, start:end] for k in self.keys],
+            values=[v[:, start:end] for v in self.values],
+            fingerprint=self.fingerprint,
+            prefix_ids=list(self.prefix_ids),
+            inter=self.inter,
+            intra=self.intra,
+            outside=None if self.outside is None else self.outside[start:end],
+            exact=bool(self.exact) and start == 0,
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -78,6 +79,11 @@ class KVTier(ABC):
     @abstractmethod
     def __contains__(self, chunk_id: object) -> bool:
         """Whether any variant of ``chunk_id`` is stored."""
+
+    @abstractmethod
+    def chunk_tokens(self) -> Iterator[tuple[str, list[int]]]:
+        """(chunk id, token ids) of every chunk the tier holds, once each: what the serving engine indexes
+        to find stored chunks inside plain prompts (engine/matcher.py)."""
 
     @abstractmethod
     def clear(self) -> None:

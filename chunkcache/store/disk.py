@@ -31,7 +31,8 @@ import torch
 from chunkcache.kv.record import ISOLATED, ChunkRecord
 from chunkcache.store.base import KVTier
 from chunkcache.store.counters import SqliteCounters
-from chunkcache.store.format import CorruptRecordError, read_layers, read_record, verify_file, write_record
+from chunkcache.store.format import (CorruptRecordError, read_layers, read_record, read_tokens, verify_file,
+                                      write_record)
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,24 @@ class DiskTier(KVTier):
             n_ok += 1
         self.counters.add(corrupt=len(bad))
         return n_ok, bad
+
+    def chunk_tokens(self) -> Iterator[tuple[str, list[int]]]:
+        """(chunk id, token ids) of every stored chunk, read from one variant's header and token tensor;
+        corrupt files are dropped and skipped."""
+        seen: set[str] = set()
+        for path in self._all_files():
+            chunk_id, variant = path.parent.name, path.name.removesuffix(_SUFFIX)
+            if chunk_id in seen:
+                continue
+            try:
+                tokens = read_tokens(path, self.fingerprint, chunk_id, variant)
+            except FileNotFoundError:
+                continue
+            except CorruptRecordError as e:
+                self._drop(path, e)
+                continue
+            seen.add(chunk_id)
+            yield chunk_id, tokens
 
     def close(self) -> None:
         """Close the counters database."""

@@ -111,6 +111,13 @@ def read_record(path: Path, fingerprint: str, chunk_id: str, variant: str) -> Ch
             raise CorruptRecordError(f"inconsistent record ({e})") from e
 
 
+def read_tokens(path: Path, fingerprint: str, chunk_id: str, variant: str) -> list[int]:
+    """Only the token ids of the record at ``path`` (header and token checksum verified, K/V left unread):
+    what indexing a store's chunks for matching inside prompts needs."""
+    with _checked_file(path, fingerprint, chunk_id, variant) as (f, _meta, digests):
+        return _load(f, "tokens", digests).tolist()
+
+
 def read_layers(
     path: Path, fingerprint: str, chunk_id: str, variant: str, layers: Sequence[int]
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -86,6 +87,12 @@ class MemoryTier(KVTier):
             for variant in variants:
                 self._remove((chunk_id, variant))
             return len(variants)
+
+    def chunk_tokens(self) -> Iterator[tuple[str, list[int]]]:
+        """(chunk id, token ids) of every chunk held (a snapshot)."""
+        with self._lock:
+            firsts = {cid: rec.token_ids for (cid, _), (rec, _) in self._entries.items()}
+        yield from firsts.items()
 
     def __contains__(self, chunk_id: object) -> bool:
         with self._lock:

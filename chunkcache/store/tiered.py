@@ -9,6 +9,7 @@ later step on top of this; write-through keeps every tier consistent until then.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from chunkcache.kv.record import ISOLATED, ChunkRecord
@@ -54,6 +55,15 @@ class TieredStore(KVTier):
 
     def __contains__(self, chunk_id: object) -> bool:
         return any(chunk_id in tier for tier in self.tiers)
+
+    def chunk_tokens(self) -> Iterator[tuple[str, list[int]]]:
+        """Every chunk held by any tier, once."""
+        seen: set[str] = set()
+        for tier in self.tiers:
+            for chunk_id, tokens in tier.chunk_tokens():
+                if chunk_id not in seen:
+                    seen.add(chunk_id)
+                    yield chunk_id, tokens
 
     def clear(self) -> None:
         """Clear every tier."""

@@ -70,6 +70,14 @@ def fix_tokens(record: ChunkRecord, fraction: float) -> torch.Tensor:
     return torch.sort(order[:count]).values
 
 
+class CraftPlan(Plan):
+    """A static plan that also says each chunk's CFO (what the request decided, kept with the request)."""
+
+    def __init__(self, initial: torch.Tensor, cfo: list[float]) -> None:
+        super().__init__(initial)
+        self.cfo = cfo
+
+
 class CacheCraft(Strategy):
     name = "cachecraft"
     budget_param = "alpha"
@@ -78,7 +86,6 @@ class CacheCraft(Strategy):
         if alpha < 0:
             raise ValueError("cachecraft's alpha must be >= 0")
         self.alpha = alpha
-        self.last_cfo: list[float] = []
 
     def choose_variants(self, req: Request) -> list[ChunkRecord | None]:
         chosen = []
@@ -89,13 +96,15 @@ class CacheCraft(Strategy):
         return chosen
 
     def select(self, req: Request, records: list[ChunkRecord | None], must: torch.Tensor) -> Plan:
+        """The plan; its ``cfo`` attribute lists each chunk's CFO (1 for a chunk without a record), per
+        request, so one strategy object can serve concurrent requests."""
         parts = [must]
-        self.last_cfo = []
+        fractions = []
         for i, (span, rec) in enumerate(zip(req.layout.chunks, records)):
             if rec is None:
-                self.last_cfo.append(1.0)
+                fractions.append(1.0)
                 continue
             f = cfo(rec, req.chunk_prefix_ids(i), self.alpha)
-            self.last_cfo.append(f)
+            fractions.append(f)
             parts.append(span.start + fix_tokens(rec, f))
-        return Plan(torch.cat(parts))
+        return CraftPlan(torch.cat(parts), fractions)

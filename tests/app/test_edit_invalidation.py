@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from app_helpers import CORPUS, record_dir, record_files, write_corpus
 
 
@@ -52,3 +54,21 @@ def test_editing_a_file_invalidates_exactly_its_chunks(tmp_path: Path, open_engi
     assert set(files_after) == {p for p in files_before if p.parent.name not in old["cooking.md"]} | {
         record_dir(store, h) / "isolated.safetensors" for h in new["cooking.md"]}
     assert eng.cache_verify()["index_problems"] == []
+
+
+def test_removing_a_document_drops_its_vectors_and_records(tmp_path: Path, open_engine) -> None:
+    corpus = write_corpus(tmp_path / "corpus", {k: CORPUS[k] for k in ("zorblat.md", "trains.md")})
+    store = tmp_path / "store"
+    eng = open_engine(store)
+    eng.ingest([corpus], progress=False)
+    gone_doc, kept_doc = (str((corpus / n).resolve()) for n in ("zorblat.md", "trains.md"))
+    hashes = eng.index.document_chunk_hashes(gone_doc)
+    kept = eng.index.document_chunk_hashes(kept_doc)
+    removed = eng.remove_document(corpus / "zorblat.md")
+    assert sorted(removed) == sorted(set(hashes))
+    assert eng.index.documents() == [kept_doc]
+    assert all(h not in eng.reuse.store and not record_dir(store, h).exists() for h in hashes)
+    assert all(h in eng.kv for h in kept)
+    assert all(Path(hit.path).name == "trains.md" for hit in eng.retrieve("zorblat", k=5))
+    with pytest.raises(KeyError, match="zorblat.md"):
+        eng.remove_document(corpus / "zorblat.md")

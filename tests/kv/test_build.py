@@ -52,7 +52,7 @@ def test_capture_from_a_full_request_gives_in_context_variants(smol_engine):
     # and a later request with the same prefix finds it exact: cachecraft recomputes none of chunk 2
     craft = make_strategy("cachecraft:alpha=1.0")
     again = eng.prefill(chunks, q, craft)
-    assert craft.last_cfo[2] == 0.0 and again.decision.records[2].prefix_ids == ids[:2]
+    assert again.decision.plan.cfo[2] == 0.0 and again.decision.records[2].prefix_ids == ids[:2]
 
 
 def test_capture_from_a_partial_request(smol_engine):
@@ -88,8 +88,8 @@ def test_variant_captured_over_stale_states_is_not_exact(smol_engine):
     pre = eng.prefill(chunks, q, make_strategy("prefix"))
     assert pre.decision.plan.initial[0].item() == pre.layout.chunks[1].start
     craft = make_strategy("cachecraft:alpha=1.0")
-    eng.prefill(chunks, q, craft)
-    assert craft.last_cfo[0] == 0.0 and craft.last_cfo[2] > 0.0
+    cfo = eng.prefill(chunks, q, craft).decision.plan.cfo
+    assert cfo[0] == 0.0 and cfo[2] > 0.0
 
 
 def test_empty_chunk_is_refused(smol_engine):

@@ -66,9 +66,9 @@ def test_a_variant_computed_over_stale_states_is_not_exact():
     assert positions("prefix", req) == list(range(15, 40))
     assert positions("epic:k=3", req)[:3] == [15, 16, 17]
     craft = make_strategy("cachecraft:alpha=1.0")
-    craft.decide(req)
+    plan = craft.decide(req).plan
     # no CFO-0 shortcut and no credit for the shared prefix: CFO = alpha * CCI, as for an isolated record
-    assert craft.last_cfo[1] == pytest.approx(stale_b.cci()) and craft.last_cfo[1] > 0
+    assert plan.cfo[1] == pytest.approx(stale_b.cci()) and plan.cfo[1] > 0
     assert cfo(rec("B", ["A"], inter=[0.1, 0.9], exact=True), ["A"], 1.0) == 0.0
 
 
@@ -230,7 +230,7 @@ def test_cachecraft_recomputes_tokens_with_most_outside_attention():
     top = sorted(sorted(range(10), key=lambda i: -outside[i])[:n_fix])
     want = [15 + i for i in top] + [25 + i for i in top] + QUESTION
     assert plan.initial.tolist() == sorted(want)
-    assert strat.last_cfo[0] == 0.0  # A sits right after the template prefix: exact
+    assert plan.cfo[0] == 0.0  # A sits right after the template prefix: exact
 
 
 def test_cachecraft_chooses_the_variant_with_lowest_cfo():
