@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import statistics
 from collections import Counter
@@ -110,3 +111,68 @@ def test_word_tokenizer_keeps_a_passage_the_same_inside_a_prompt():
     blank = [i for i, text in enumerate(tok.batch_decode([[i] for i in range(len(tok))])) if "\n\n" in text]
     assert blank == [tok("\n\n", add_special_tokens=False).input_ids[0]]
     assert prompt.count(blank[0]) == 2  # the two blank lines of the message
+
+
+def _small_dataset(path) -> None:
+    """A MuSiQue-format file of 4 examples x 3 passages of about 45 words (CPU-sized prompts)."""
+    colours = ["red", "green", "blue", "amber", "grey", "white", "black", "violet", "teal", "olive", "ochre", "pink"]
+    rows = []
+    for e in range(4):
+        ctxs = []
+        for j in range(3):
+            c = colours[3 * e + j]
+            ctxs.append({"title": f"The {c} valley", "text": (
+                f"The {c} valley lies between two ridges and holds {e + j + 2} villages. Its farmers grow barley and "
+                f"keep goats, and a {c} stone chapel stands by the river. Every autumn the valley holds a fair where "
+                f"traders sell wool, cheese and honey from the high pastures.")})
+        rows.append({"question": f"Which valley has the most villages in set {e}?", "answers": ["x"], "ctxs": ctxs})
+    path.write_text(json.dumps(rows))
+
+
+def test_in_process_run_reports_every_field_and_reuse_only_where_expected(tmp_path):
+    from chunkcache.cli import main
+
+    _small_dataset(tmp_path / "d.json")
+    out = tmp_path / "serve.json"
+    rc = main(["bench", "serve", "--in-process", "--strategies", "full,focus", "--no-serial", "--requests", "8",
+               "--clients", "2", "--max-tokens", "4", "-k", "2", "--zipf-s", "1.5", "--dataset",
+               str(tmp_path / "d.json"), "--json", str(out), "--plot", str(tmp_path / "serve.png")])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["mode"] == "in-process" and list(report["runs"]) == ["full", "focus"]
+    assert report["workload"]["requests"] == 8 and report["workload"]["top_set_requests"] >= 2
+    for name, row in report["runs"].items():
+        assert row["requests"] == 8 and row["errors"] == 0, row["first_error"]
+        assert len(row["per_request"]) == 8
+        assert row["requests_per_s"] > 0 and row["output_tokens_per_s"] > 0
+        assert 0 < row["ttft_ms_p50"] <= row["ttft_ms_p95"] <= row["ttft_ms_p99"]
+        assert row["ttft_ms_p50"] <= row["latency_ms_p50"] <= row["latency_ms_p95"]
+        assert 0 < row["completion_tokens"] <= 8 * 4
+        assert row["prompt_tokens"] > 8 * 2 * 40
+    assert report["runs"]["full"]["reused_fraction"] == 0
+    assert report["runs"]["focus"]["reused_fraction"] > 0
+    assert (tmp_path / "serve.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("chunkcache.serve") is None,
+                    reason="chunkcache serve (the HTTP server, chunkcache/serve/) is not on this branch yet")
+def test_http_run_against_a_spawned_server_reads_usage_from_the_stream(tmp_path, smol):
+    from chunkcache.cli import main
+
+    _, tok = smol
+    _small_dataset(tmp_path / "d.json")
+    out = tmp_path / "serve.json"
+    rc = main(["bench", "serve", "--strategies", "focus", "--no-serial", "--requests", "4", "--clients", "2",
+               "--max-tokens", "4", "-k", "2", "--zipf-s", "1.5", "--dataset", str(tmp_path / "d.json"),
+               "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["mode"] == "spawned-servers" and list(report["runs"]) == ["focus"]
+    row = report["runs"]["focus"]
+    assert row["requests"] == 4 and row["errors"] == 0, row["first_error"]
+    assert 0 < row["ttft_ms_p50"] <= row["latency_ms_p95"]
+    trace = make_trace(musique_sets(2, tmp_path / "d.json", seed=0), 4, 1.5, seed=0)
+    expected = [len(tok(tok.apply_chat_template(r.messages(), tokenize=False, add_generation_prompt=True),
+                        add_special_tokens=False).input_ids) for r in trace]
+    assert [r["prompt_tokens"] for r in row["per_request"]] == expected
+    assert all(0 < r["completion_tokens"] <= 4 for r in row["per_request"])
