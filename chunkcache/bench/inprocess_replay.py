@@ -107,6 +107,7 @@ def _one(engine, index: int, prompt, max_tokens: int) -> RequestResult:
     res.prompt_tokens = int(stats.get("prompt_tokens", handle.prompt_tokens))
     res.cached_tokens = int(stats.get("cached_tokens", 0))
     res.completion_tokens = int(stats.get("completion_tokens", 0))
+    res.engine_stats = dict(stats)
     return res
 
 

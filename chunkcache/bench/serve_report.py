@@ -24,6 +24,7 @@ class RequestResult:
     cached_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    engine_stats: dict | None = None  # in-process only: RequestHandle.stats (queue_ms, prefill_ms, chunks_hit...)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -47,6 +48,7 @@ def summarize(results: list[RequestResult], wall_s: float) -> dict:
     e2e = [r.latency_s for r in ok if r.latency_s is not None]
     prompt = sum(r.prompt_tokens for r in ok)
     errors = [r.error for r in results if r.error is not None]
+    engine = [r.engine_stats for r in ok if r.engine_stats]
     return {
         "requests": len(results),
         "errors": len(errors),
@@ -63,6 +65,9 @@ def summarize(results: list[RequestResult], wall_s: float) -> dict:
         "cached_tokens": sum(r.cached_tokens for r in ok),
         "completion_tokens": sum(r.completion_tokens for r in ok),
         "reused_fraction": round(sum(r.cached_tokens for r in ok) / prompt, 4) if prompt else 0.0,
+        # where the TTFT went (in-process runs only): waiting for admission vs the prefill itself
+        "queue_ms_p50": percentile([e["queue_ms"] for e in engine if "queue_ms" in e], 50),
+        "prefill_ms_p50": percentile([e["prefill_ms"] for e in engine if "prefill_ms" in e], 50),
     }
 
 

@@ -97,6 +97,7 @@ def test_summary_counts_rates_percentiles_and_reuse():
     assert row["ttft_ms_p50"] == pytest.approx(250.0) and row["latency_ms_p95"] == pytest.approx(1925.0)
     assert row["reused_fraction"] == pytest.approx(150 / 400)
     assert percentile([], 50) is None and percentile([3.0], 99) == 3.0
+    assert row["prefill_ms_p50"] is None  # no engine stats (an HTTP run)
 
 
 def test_word_tokenizer_keeps_a_passage_the_same_inside_a_prompt():
@@ -149,6 +150,8 @@ def test_in_process_run_reports_every_field_and_reuse_only_where_expected(tmp_pa
         assert row["ttft_ms_p50"] <= row["latency_ms_p50"] <= row["latency_ms_p95"]
         assert 0 < row["completion_tokens"] <= 8 * 4
         assert row["prompt_tokens"] > 8 * 2 * 40
+        assert 0 <= row["queue_ms_p50"] and 0 < row["prefill_ms_p50"] < row["ttft_ms_p99"]
+        assert all(r["engine_stats"]["strategy"] == name for r in row["per_request"])
     assert report["runs"]["full"]["reused_fraction"] == 0
     assert report["runs"]["focus"]["reused_fraction"] > 0
     assert (tmp_path / "serve.png").stat().st_size > 0
