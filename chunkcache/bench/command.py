@@ -90,10 +90,9 @@ def main(args: argparse.Namespace) -> int:
     from chunkcache.strategies import make_strategy
 
     if args.bench_mode == "serve":
-        from chunkcache.bench.serve import run as serve_run
+        from chunkcache.bench.serve import command as serve_command
 
-        serve_run(args)
-        return 0
+        return serve_command(args)
     if args.dataset is None or args.json is None:
         raise ValueError("chunkcache bench needs --dataset and --json (or the serve sub-mode)")
     if args.device == "cuda" and not torch.cuda.is_available():

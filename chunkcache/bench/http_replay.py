@@ -14,6 +14,7 @@ import asyncio
 import time
 
 from chunkcache.bench.serve_report import RequestResult
+from chunkcache.bench.server_process import ServerError
 from chunkcache.bench.workload import TraceRequest
 
 
@@ -59,7 +60,7 @@ async def _replay(url: str, model: str, trace: list[TraceRequest], clients: int,
             warm = TraceRequest(-1, -1, ("Warm-up passage.",), "Say hello.")
             r = await _one(client, model, warm, 2)
             if r.error:
-                raise RuntimeError(f"warm-up request to {url} failed: {r.error}")
+                raise ServerError(f"warm-up request to {url} failed: {r.error}")
         queue: asyncio.Queue[TraceRequest] = asyncio.Queue()
         for req in trace:
             queue.put_nowait(req)

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 
 from chunkcache.bench.serve_report import RequestResult
+from chunkcache.bench.server_process import ServerError
 from chunkcache.bench.workload import TraceRequest
 
 MODEL_SHAPES = ("llama3-8b",)
@@ -121,7 +122,7 @@ def replay_engine(engine, trace: list[TraceRequest], clients: int, max_tokens: i
     for _ in range(warmup):
         r = _one(engine, -1, warm, 2)
         if r.error:
-            raise RuntimeError(f"warm-up request failed: {r.error}")
+            raise ServerError(f"warm-up request failed: {r.error}")
     todo: queue.SimpleQueue = queue.SimpleQueue()
     for item in prompts:
         todo.put(item)

@@ -190,17 +190,29 @@ def run(args: argparse.Namespace) -> dict:
     return payload
 
 
+def command(args: argparse.Namespace) -> int:
+    """Run and return the exit status: 0, or 1 with a one-line error when the server under test failed
+    (bad flags raise ``ValueError`` for the caller's status 2)."""
+    from chunkcache.bench.server_process import ServerError
+
+    try:
+        run(args)
+    except ServerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m chunkcache.bench.serve``: the same flags as ``chunkcache bench serve``."""
     p = argparse.ArgumentParser(prog="python -m chunkcache.bench.serve", description=__doc__.split("\n")[0])
     add_arguments(p)
     args = p.parse_args(argv)
     try:
-        run(args)
+        return command(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

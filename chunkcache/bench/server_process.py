@@ -19,6 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+class ServerError(RuntimeError):
+    """The server under test did not start or did not answer: the benchmark cannot measure it."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port the OS reports free on ``host`` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -50,7 +54,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"chunkcache serve exited with status {proc.returncode} before it was ready:\n"
+            raise ServerError(f"chunkcache serve exited with status {proc.returncode} before it was ready:\n"
                                f"{_log_tail(log)}")
         try:
             if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
@@ -58,7 +62,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) 
         except httpx.HTTPError:
             pass
         time.sleep(0.25)
-    raise RuntimeError(f"chunkcache serve did not answer {url}/health within {timeout_s:.0f} s:\n{_log_tail(log)}")
+    raise ServerError(f"chunkcache serve did not answer {url}/health within {timeout_s:.0f} s:\n{_log_tail(log)}")
 
 
 @contextmanager

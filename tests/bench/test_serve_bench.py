@@ -179,3 +179,17 @@ def test_http_run_against_a_spawned_server_reads_usage_from_the_stream(tmp_path,
                         add_special_tokens=False).input_ids) for r in trace]
     assert [r["prompt_tokens"] for r in row["per_request"]] == expected
     assert all(0 < r["completion_tokens"] <= 4 for r in row["per_request"])
+
+
+def test_unreachable_server_and_bad_flags_end_with_one_line_errors(tmp_path, capsys):
+    from chunkcache.bench.server_process import free_port
+    from chunkcache.cli import main
+
+    url = f"http://127.0.0.1:{free_port()}"
+    out = tmp_path / "o.json"
+    assert main(["bench", "serve", "--url", url, "--requests", "2", "--json", str(out)]) == 1
+    assert f"warm-up request to {url} failed" in capsys.readouterr().err and not out.exists()
+    assert main(["bench", "serve", "--url", url, "--in-process", "--json", str(out)]) == 2
+    assert main(["bench", "serve", "--model-shape", "llama3-8b", "--json", str(out)]) == 2
+    assert main(["bench", "serve", "--strategies", "full,bogus", "--in-process", "--json", str(out)]) == 2
+    assert main(["bench", "--json", str(out)]) == 2
