@@ -41,6 +41,11 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1e3, 2)
 
 
+def _ms_p50(values_ms: list[float]) -> float | None:
+    p50 = percentile(values_ms, 50)
+    return None if p50 is None else round(p50, 2)
+
+
 def summarize(results: list[RequestResult], wall_s: float) -> dict:
     """One run's row from its requests and its wall time (first submit to last completion)."""
     ok = [r for r in results if r.error is None]
@@ -66,8 +71,8 @@ def summarize(results: list[RequestResult], wall_s: float) -> dict:
         "completion_tokens": sum(r.completion_tokens for r in ok),
         "reused_fraction": round(sum(r.cached_tokens for r in ok) / prompt, 4) if prompt else 0.0,
         # where the TTFT went (in-process runs only): waiting for admission vs the prefill itself
-        "queue_ms_p50": percentile([e["queue_ms"] for e in engine if "queue_ms" in e], 50),
-        "prefill_ms_p50": percentile([e["prefill_ms"] for e in engine if "prefill_ms" in e], 50),
+        "queue_ms_p50": _ms_p50([e["queue_ms"] for e in engine if "queue_ms" in e]),
+        "prefill_ms_p50": _ms_p50([e["prefill_ms"] for e in engine if "prefill_ms" in e]),
     }
 
 
