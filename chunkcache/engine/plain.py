@@ -28,7 +28,7 @@ import torch
 from chunkcache.engine.matcher import ChunkIndex, blank_line_tokens, line_end_tokens, split_prompt
 from chunkcache.engine.prompt import Layout, Span
 from chunkcache.engine.reuse import Prefilled, ReuseEngine
-from chunkcache.kv.record import ChunkRecord
+from chunkcache.kv.record import ChunkRecord, variant_name
 from chunkcache.strategies.base import Strategy
 
 
@@ -57,7 +57,7 @@ class PlainPrompts:
                                 self.line_end.__contains__)
         *parts, question = segments
         reuse = strategy.name != "full"
-        spans, chunk_ids, cands, learn = [], [], [], []
+        spans, chunk_ids, learn = [], [], []
         for i, seg in enumerate(parts):
             tokens = ids[seg.start:seg.end]
             spans.append(Span(seg.start, seg.end))
@@ -65,14 +65,20 @@ class PlainPrompts:
                 n = seg.end - seg.start
                 whole = seg.offset == 0 and n == len(self.index.tokens(seg.chunk_id))
                 chunk_ids.append(seg.chunk_id if whole else f"{seg.chunk_id}[{seg.offset}:{seg.offset + n}]")
-                cands.append(self._parts(seg.chunk_id, seg.offset, n) if reuse else [])
             elif seg.kind == "learn" and i > 0:
                 chunk_ids.append(self.reuse.chunk_id(tokens))
-                cands.append([])
                 learn.append(i)
             else:
                 chunk_ids.append("text-" + hashlib.sha256(repr(tokens).encode()).hexdigest()[:16])
-                cands.append([])
+        matched = [i for i, seg in enumerate(parts) if seg.kind == "chunk"]
+        cands: list[list[ChunkRecord]] = [[] for _ in parts]
+        if reuse and matched:
+            loaded = self.reuse.candidates([parts[i].chunk_id for i in matched], strategy,
+                                           [variant_name(chunk_ids[:i]) for i in matched])
+            for i, recs in zip(matched, loaded):
+                seg = parts[i]
+                end = seg.offset + seg.end - seg.start
+                cands[i] = [r.slice(seg.offset, end) for r in recs if r.n_tokens >= end]
         layout = Layout(Span(0, 0), spans, Span(question.start, question.end), chunk_ids)
         pre = self.reuse.run(torch.tensor(ids, dtype=torch.long), layout, None, cands, strategy,
                              learn if reuse else [], with_stats=False)
@@ -82,8 +88,3 @@ class PlainPrompts:
         pre.stats.chunks_hit = sum(1 for c in cands if c)
         pre.stats.chunks_missed = sum(1 for s in parts if s.kind == "chunk") - pre.stats.chunks_hit + len(learn)
         return pre
-
-    def _parts(self, chunk_id: str, offset: int, n: int) -> list[ChunkRecord]:
-        """The stored variants of a chunk, sliced to the ``n`` tokens from ``offset`` that matched."""
-        return [r.slice(offset, offset + n) for cands in self.reuse.candidates([chunk_id]) for r in cands
-                if r.n_tokens >= offset + n]

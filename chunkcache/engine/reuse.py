@@ -21,7 +21,7 @@ from chunkcache.engine.executor import PrefillResult, partial_prefill
 from chunkcache.engine.probe import probe_question
 from chunkcache.engine.prompt import Layout, PromptTemplate
 from chunkcache.kv.build import STORE_DTYPE, capture, isolated_record, kv_fingerprint, template_record
-from chunkcache.kv.record import ChunkRecord, chunk_hash
+from chunkcache.kv.record import ChunkRecord, chunk_hash, variant_name
 from chunkcache.kv.stats import AttentionStats
 from chunkcache.models.base import CausalLM
 from chunkcache.store.base import KVTier
@@ -110,12 +110,21 @@ class ReuseEngine:
         self.store.put(rec)
         return rec
 
-    def candidates(self, chunk_ids: list[str]) -> list[list[ChunkRecord]]:
-        """Every readable stored variant of each chunk, moved to the model's device and dtype."""
+    def candidates(self, chunk_ids: list[str], strategy: Strategy | None = None,
+                   in_place: list[str] | None = None) -> list[list[ChunkRecord]]:
+        """Readable stored variants of each chunk, moved to the model's device and dtype: those ``strategy``
+        wants (``Strategy.wanted_variants``, chosen from variant names before loading), or all of them.
+        ``in_place[i]`` names the variant of chunk i computed after exactly what precedes it in the request
+        (default: after ``chunk_ids[:i]``, as in a ``template | chunks | question`` prompt)."""
         dev, dt = self.model.device, self.model.dtype
+        if in_place is None:
+            in_place = [variant_name(chunk_ids[:i]) for i in range(len(chunk_ids))]
         out = []
-        for cid in chunk_ids:
-            recs = (self.store.get(cid, v) for v in self.store.variants(cid))
+        for cid, here in zip(chunk_ids, in_place):
+            names = self.store.variants(cid)
+            if strategy is not None:
+                names = strategy.wanted_variants(names, here)
+            recs = (self.store.get(cid, v) for v in names)
             out.append([r.to(dev, dt) for r in recs if r is not None])
         return out
 
@@ -126,7 +135,7 @@ class ReuseEngine:
         t0 = time.perf_counter()
         chunk_ids = [self.chunk_id(c) for c in chunks]
         ids, layout = self.template.assemble(chunks, question_ids, chunk_ids)
-        cands = self.candidates(chunk_ids) if strategy.name != "full" else [[] for _ in chunks]
+        cands = self.candidates(chunk_ids, strategy) if strategy.name != "full" else [[] for _ in chunks]
         missed = [i for i, c in enumerate(cands) if not c]
         if capture_variants:
             learn = list(range(len(chunks)))

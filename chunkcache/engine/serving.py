@@ -162,7 +162,12 @@ class ServingEngine:
                     self._wake.wait()
                 if self._stopping:
                     return
-            self.step()
+            try:
+                self.step()
+            except Exception as e:  # noqa: BLE001 - a bug in a step must not leave clients waiting forever
+                log.exception("engine step failed; failing every request in flight")
+                for seq in self.scheduler.drain():
+                    self._finish(seq, "error", error=f"engine failure: {type(e).__name__}")
 
     def step(self) -> None:
         """One engine step (module docstring). Public so tests and in-process benchmarks can drive it."""

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import torch
 
-from chunkcache.kv.record import ChunkRecord
+from chunkcache.kv.record import ISOLATED, ChunkRecord
 from chunkcache.models.base import Placement
 from chunkcache.strategies.base import Plan, Request, Strategy
 
@@ -87,6 +87,9 @@ class APE(Strategy):
         if T <= 0 or S <= 0:
             raise ValueError("ape's T and S must be > 0")
         self.T, self.S = T, S
+
+    def wanted_variants(self, stored: list[str], in_place: str) -> list[str]:
+        return [ISOLATED] if ISOLATED in stored else []
 
     def choose_variants(self, req: Request) -> list[ChunkRecord | None]:
         """Per chunk its isolated record (computed right after the template prefix), else None."""

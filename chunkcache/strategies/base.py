@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from chunkcache.engine.prompt import Layout
-from chunkcache.kv.record import ChunkRecord
+from chunkcache.kv.record import ISOLATED, ChunkRecord
 
 
 class Plan:
@@ -92,6 +92,15 @@ class Strategy(ABC):
     # The constructor parameter that sets how much is recomputed (what ``chunkcache calibrate`` tunes);
     # None for strategies with a fixed budget.
     budget_param: str | None = None
+
+    def wanted_variants(self, stored: list[str], in_place: str) -> list[str]:
+        """Which of a chunk's ``stored`` variant names to load, decided from names alone before any record
+        is read: ``in_place`` is the name of the variant computed after exactly the chunks that precede it
+        now. By default only the variant ``choose_variants`` would pick; strategies that compare variants'
+        contents (Cache-Craft's CFO) load them all."""
+        if in_place in stored:
+            return [in_place]
+        return [ISOLATED] if ISOLATED in stored else stored[:1]
 
     def choose_variants(self, req: Request) -> list[ChunkRecord | None]:
         """Per chunk: the variant computed after exactly the chunks that precede it now, else the isolated

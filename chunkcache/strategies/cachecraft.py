@@ -87,6 +87,10 @@ class CacheCraft(Strategy):
             raise ValueError("cachecraft's alpha must be >= 0")
         self.alpha = alpha
 
+    def wanted_variants(self, stored: list[str], in_place: str) -> list[str]:
+        """Every variant: the one of lowest CFO depends on each variant's statistics (section 4.3)."""
+        return stored
+
     def choose_variants(self, req: Request) -> list[ChunkRecord | None]:
         chosen = []
         for i, cands in enumerate(req.candidates):

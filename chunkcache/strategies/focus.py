@@ -24,6 +24,10 @@ What. Two passes (ProphetKV's dual stage; QCFuse, arXiv 2606.05875, scores at cr
    chunks whose record is not exact), plus the question and any chunk without a record. A chunk whose
    record was computed after exactly the chunks that now precede it is already right and never selected.
 
+``unit=chunk`` spends the budget on whole chunks first, by the question's total attention to each, while
+they fit, and the remainder on tokens as above: a recomputed chunk regains all of its attention to the
+chunks before it, not only at its salient tokens (the needle pilot's gold-passage oracle).
+
 One global top-k rather than a per-chunk quota: the question's attention concentrates on the passages
 that hold the answer, and that is where the budget must go. Deterministic: ties break by position.
 
@@ -45,14 +49,16 @@ class Focus(Strategy):
     name = "focus"
     budget_param = "ratio"
 
-    def __init__(self, ratio: float = 0.15, from_layer: float = 0.0, rows: str = "last") -> None:
+    def __init__(self, ratio: float = 0.15, from_layer: float = 0.0, rows: str = "last", unit: str = "token") -> None:
         if not 0.0 <= ratio <= 1.0:
             raise ValueError("focus's ratio must be in [0, 1]")
         if not 0.0 <= from_layer < 1.0:
             raise ValueError("focus's from_layer must be in [0, 1)")
         if rows not in ("last", "all"):
             raise ValueError("focus's rows must be 'last' or 'all'")
-        self.ratio, self.from_layer, self.rows = ratio, from_layer, rows
+        if unit not in ("token", "chunk"):
+            raise ValueError("focus's unit must be 'token' or 'chunk'")
+        self.ratio, self.from_layer, self.rows, self.unit = ratio, from_layer, rows, unit
 
     def probe_layers(self, n_layers: int) -> list[int]:
         return list(range(int(self.from_layer * n_layers), n_layers))
@@ -67,6 +73,20 @@ class Focus(Strategy):
         budget = math.ceil(self.ratio * candidates.numel() - 1e-9)
         if req.probe is None:
             raise ValueError("focus needs the engine's question probe (Request.probe)")
-        scores = req.probe(records, self.probe_layers(req.n_layers), self.rows == "last")[candidates]
-        order = torch.argsort(-scores, stable=True)[:budget]
-        return Plan(torch.cat([must, candidates[order]]))
+        scores = req.probe(records, self.probe_layers(req.n_layers), self.rows == "last")
+        picked = _whole_chunks(stale, scores, budget) if self.unit == "chunk" else []
+        rest = candidates[~torch.isin(candidates, torch.cat(picked))] if picked else candidates
+        order = torch.argsort(-scores[rest], stable=True)[:budget - sum(p.numel() for p in picked)]
+        return Plan(torch.cat([must, *picked, rest[order]]))
+
+
+def _whole_chunks(stale: list[torch.Tensor], scores: torch.Tensor, budget: int) -> list[torch.Tensor]:
+    """``unit=chunk``: whole stale chunks, by the question's total attention to them, while they fit the
+    budget (a recomputed chunk gets all of its cross-chunk attention back, not only its salient tokens)."""
+    mass = torch.stack([scores[s].sum() for s in stale])
+    picked, used = [], 0
+    for i in torch.argsort(-mass, stable=True).tolist():
+        if used + stale[i].numel() <= budget:
+            picked.append(stale[i])
+            used += stale[i].numel()
+    return picked

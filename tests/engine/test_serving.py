@@ -170,3 +170,28 @@ def test_passages_pasted_in_a_chat_prompt_are_reused(smol):
         else:
             assert second.stats["chunks_hit"] >= 4
             assert second.stats["cached_tokens"] > 0.6 * sum(len(eng.reuse.template.encode_chunk(t)) for t in texts)
+
+
+def test_a_failing_step_ends_requests_with_an_error_and_the_engine_keeps_serving(smol, monkeypatch):
+    eng = _serving(smol)
+    ids = eng.encode_chat([{"role": "user", "content": "Say hello."}])
+    real_admit = eng.scheduler.admit
+    calls = {"n": 0}
+
+    def failing_once():
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected fault")
+        return real_admit()
+
+    monkeypatch.setattr(eng.scheduler, "admit", failing_once)
+    doomed = eng.submit(ids, GenParams(max_tokens=4))
+    eng.start()
+    try:
+        last = list(doomed)[-1]
+        assert last.finish_reason == "error" and "RuntimeError" in last.error
+        outs = list(eng.submit(ids, GenParams(max_tokens=4)))
+        assert outs[-1].finish_reason in ("stop", "length") and any(o.token_ids for o in outs)
+        assert eng.snapshot()["kv_blocks_free"] == eng.blocks.n_blocks
+    finally:
+        eng.shutdown()

@@ -121,3 +121,18 @@ def test_ratio_one_equals_full(smol):
     assert set(focus.stats.computed_per_layer) == {len(chunks[1]) + len(chunks[2]) + 2 * len(q)}
     assert torch.allclose(focus.result.logits, full, atol=1e-3)
     assert not torch.allclose(naive, full, atol=1e-3)  # the identity above is not trivial
+
+
+def test_chunk_unit_recomputes_whole_chunks_by_attention_mass_then_tokens():
+    scores = torch.zeros(40)
+    scores[15:25] = 0.1  # B: mass 1.0 spread evenly
+    scores[30] = 0.6  # C: one salient token, mass 0.6
+    scores[26] = 0.3
+    # budget ceil(0.6 * 20 stale tokens) = 12: all of B (10), then C's two best tokens
+    plan = make_strategy("focus:ratio=0.6,unit=chunk").decide(request(scores)).plan
+    assert plan.initial.tolist() == list(range(15, 25)) + [26, 30] + QUESTION
+    # a budget below one chunk falls back to tokens
+    plan = make_strategy("focus:ratio=0.1,unit=chunk").decide(request(scores)).plan
+    assert plan.initial.tolist() == [26, 30] + QUESTION
+    with pytest.raises(ValueError, match="unit"):
+        make_strategy("focus:unit=doc")

@@ -255,3 +255,13 @@ def test_strategies_are_deterministic():
 def test_bad_strategy_specs(spec):
     with pytest.raises(ValueError):
         make_strategy(spec)
+
+
+def test_variants_are_chosen_from_their_names_before_loading():
+    stored = ["0123abcd", "isolated", "ffff0000"]
+    focus, craft, ape = (make_strategy(s) for s in ("focus", "cachecraft", "ape"))
+    assert focus.wanted_variants(stored, "ffff0000") == ["ffff0000"]  # computed in place: exact candidate
+    assert focus.wanted_variants(stored, "99999999") == ["isolated"]
+    assert focus.wanted_variants(["0123abcd"], "99999999") == ["0123abcd"]
+    assert craft.wanted_variants(stored, "99999999") == stored  # CFO compares every variant's statistics
+    assert ape.wanted_variants(stored, "ffff0000") == ["isolated"] and ape.wanted_variants(["0123abcd"], "x") == []
