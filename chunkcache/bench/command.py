@@ -3,6 +3,10 @@
     chunkcache bench --dataset PATH_OR_NAME --strategies full,prefix,naive,epic,cacheblend,cachecraft
                      --limit N --max-new-tokens T --json OUT.json [--plot OUT.png] [--model PATH]
                      [--device cpu|cuda] [--sweep]
+    chunkcache bench serve [--url URL | --in-process] --strategies full,prefix,focus --json OUT.json ...
+
+The first form judges quality and prefill cost per strategy; ``bench serve`` (``chunkcache.bench.serve``)
+measures the serving engine's throughput and latency under a request trace.
 """
 
 from __future__ import annotations
@@ -24,13 +28,19 @@ DEFAULT_STRATEGIES = "full,prefix,naive,epic,cacheblend,cachecraft,focus,ape"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True,
-                   help="musique, needle, multihop, or a JSON file in the musique format")
+    """The quality benchmark's flags, and the ``serve`` sub-mode with its own. ``--dataset`` and ``--json``
+    are required without a sub-mode; ``main`` checks that, since argparse cannot require them only then."""
+    from chunkcache.bench import serve
+
+    modes = p.add_subparsers(dest="bench_mode", metavar="{serve}")
+    serve.add_arguments(modes.add_parser("serve", help="serving throughput and latency under a RAG request trace"))
+    p.add_argument("--dataset", default=None,
+                   help="(required) musique, needle, multihop, or a JSON file in the musique format")
     p.add_argument("--strategies", default=DEFAULT_STRATEGIES,
                    help="comma-separated specs: name or name:param=value (e.g. cacheblend:ratio=0.3)")
     p.add_argument("--limit", type=int, default=None, help="use the first N examples")
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--json", type=Path, required=True, help="where to write the results")
+    p.add_argument("--json", type=Path, default=None, help="(required) where to write the results")
     p.add_argument("--plot", type=Path, default=None, help="fidelity-vs-recompute plot (PNG)")
     p.add_argument("--model", default="default", help="packaged model name or HF model directory")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -79,6 +89,12 @@ def main(args: argparse.Namespace) -> int:
     from chunkcache.store.tiered import TieredStore
     from chunkcache.strategies import make_strategy
 
+    if args.bench_mode == "serve":
+        from chunkcache.bench.serve import command as serve_command
+
+        return serve_command(args)
+    if args.dataset is None or args.json is None:
+        raise ValueError("chunkcache bench needs --dataset and --json (or the serve sub-mode)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA device is available")
     if args.limit is not None and args.limit < 1:
