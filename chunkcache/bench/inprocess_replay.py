@@ -52,6 +52,7 @@ class EngineSettings:
     max_running: int | None = None
     max_waiting: int | None = None
     kv_bytes: int | None = None
+    store_bytes: int = 8 << 30  # host-memory tier of chunk records
 
 
 def build_engine(lm, tokenizer, settings: EngineSettings):
@@ -62,7 +63,7 @@ def build_engine(lm, tokenizer, settings: EngineSettings):
 
     overrides = {k: v for k, v in (("max_running", settings.max_running), ("max_waiting", settings.max_waiting),
                                    ("kv_bytes", settings.kv_bytes)) if v is not None}
-    engine = ServingEngine(ReuseEngine(lm, tokenizer), make_strategy(settings.strategy), ServingConfig(**overrides))
+    engine = ServingEngine(ReuseEngine(lm, tokenizer, memory_bytes=settings.store_bytes), make_strategy(settings.strategy), ServingConfig(**overrides))
     engine.start()
     return engine
 

@@ -69,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument("--max-running", type=int, default=None, help="server --max-running for the batched runs")
     where.add_argument("--max-waiting", type=int, default=None, help="server --max-waiting")
     where.add_argument("--kv-bytes", type=int, default=None, help="server --kv-bytes (paged KV pool)")
+    where.add_argument("--store-bytes", type=int, default=8 << 30,
+                       help="--in-process: host-memory tier for chunk records (default 8 GiB; an 8B-shaped "
+                            "model's 150-token passage takes 19 MB)")
     where.add_argument("--prompt-format", default="chat", choices=["chat", "rag"],
                        help="--in-process: chat-templated ids (as /v1/chat/completions) or a RagPrompt")
     load = p.add_argument_group("the trace")
@@ -138,12 +141,14 @@ def _run_in_process(args: argparse.Namespace, trace: list[TraceRequest], runs: l
     out = {}
     for run in runs:
         print(f"in-process run {run.name}", file=sys.stderr, flush=True)
-        engine = build_engine(lm, tok, EngineSettings(run.strategy, run.max_running, args.max_waiting, args.kv_bytes))
+        engine = build_engine(lm, tok, EngineSettings(run.strategy, run.max_running, args.max_waiting, args.kv_bytes,
+                                                    args.store_bytes))
         try:
             out[run.name] = replay_engine(engine, trace, args.clients, args.max_tokens, args.prompt_format,
                                           args.warmup)
         finally:
             engine.shutdown()
+        del engine  # its KV pool, before the next run allocates one
         if args.device == "cuda":
             import torch
 
@@ -180,7 +185,7 @@ def run(args: argparse.Namespace) -> dict:
                "settings": {"clients": args.clients, "max_tokens": args.max_tokens, "device": args.device,
                             "prompt_format": args.prompt_format if args.in_process else "chat",
                             "max_running": args.max_running, "max_waiting": args.max_waiting,
-                            "kv_bytes": args.kv_bytes, "layers": args.layers, "hardware": hardware(args.device),
+                            "kv_bytes": args.kv_bytes, "store_bytes": args.store_bytes, "layers": args.layers, "hardware": hardware(args.device),
                             "date": datetime.date.today().isoformat(),
                             "seconds": round(time.perf_counter() - t0, 1)},
                "runs": rows}

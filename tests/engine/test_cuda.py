@@ -83,3 +83,33 @@ def test_cuda_greedy_decode_matches_transformers():
         ref = model.hf.generate(ids[None], max_new_tokens=10, do_sample=False, eos_token_id=None,
                                 pad_token_id=0)[0, 200:].tolist()
     assert ours == ref
+
+
+def test_cuda_serving_engine_batches_to_the_single_request_tokens():
+    """The serving engine on the device: paged, batched decode of concurrent requests gives the tokens of
+    the one-request path (prefill + decode.generate) for each."""
+    from chunkcache.bench.word_tokenizer import WordTokenizer
+    from chunkcache.engine.decode import generate
+    from chunkcache.engine.reuse import ReuseEngine
+    from chunkcache.engine.sequence import GenParams, RagPrompt
+    from chunkcache.engine.serving import ServingConfig, ServingEngine
+
+    _, model = _models(torch.float32)
+    tok = WordTokenizer(1000)
+    eng = ServingEngine(ReuseEngine(model, tok, store_dtype=torch.float32), make_strategy("focus"),
+                        ServingConfig(kv_bytes=64 << 20, max_running=8))
+    tpl = eng.reuse.template
+    words = [f"w{i}" for i in range(400)]
+    chunks = [tpl.encode_chunk(" ".join(words[i:i + 60 + 7 * i])) for i in range(0, 300, 60)]
+    prompts = [RagPrompt(chunks[i:i + 2 + i % 3], tpl.encode_question(f"question {i}")) for i in range(4)]
+    for p in prompts:  # records for every chunk, so focus reuses and repairs
+        eng.reuse.prefill(p.chunks, p.question_ids, make_strategy("naive"))
+    handles = [eng.submit(p, GenParams(max_tokens=8)) for p in prompts]
+    eng.start()
+    try:
+        served = [[t for out in h for t in out.token_ids] for h in handles]
+    finally:
+        eng.shutdown()
+    for p, got in zip(prompts, served):
+        pre = eng.reuse.prefill(p.chunks, p.question_ids, make_strategy("focus"), reserve=8)
+        assert got == list(generate(model, pre.result, 8, eng.reuse.stop_ids)) and got
