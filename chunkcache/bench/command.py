@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import platform
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from chunkcache.bench.datasets import load_dataset
+from chunkcache.bench.environment import hardware, split_specs
 from chunkcache.bench.report import plot, table, write_json
 from chunkcache.bench.runner import expand, run
 
@@ -51,36 +51,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _split_specs(text: str) -> list[str]:
-    """Split on commas that start a new strategy (``epic,cacheblend:ratio=0.3,check_layer=2`` keeps
-    ``check_layer=2`` with cacheblend)."""
-    specs: list[str] = []
-    for part in filter(None, (x.strip() for x in text.split(","))):
-        if "=" in part and ":" not in part and specs:
-            specs[-1] += "," + part
-        else:
-            specs.append(part)
-    return specs
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` where that file is missing)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware(device: str) -> dict[str, str | int | None]:
-    """Where the numbers were measured: host, CPU model, torch threads, torch version, GPU name."""
-    return {"host": platform.node(), "arch": platform.machine(), "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if device == "cuda" else None}
-
-
 def main(args: argparse.Namespace) -> int:
     from chunkcache.engine.reuse import ReuseEngine
     from chunkcache.models.loader import load_model
@@ -99,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("error: --device cuda but no CUDA device is available")
     if args.limit is not None and args.limit < 1:
         raise SystemExit("error: --limit must be at least 1")
-    specs = expand(_split_specs(args.strategies), args.sweep)
+    specs = expand(split_specs(args.strategies), args.sweep)
     for s in specs:
         make_strategy(s)  # fail before loading anything
     name, examples = load_dataset(args.dataset)

@@ -158,11 +158,11 @@ def _run_in_process(args: argparse.Namespace, trace: list[TraceRequest], runs: l
 
 def run(args: argparse.Namespace) -> dict:
     """Replay the trace in every run the flags ask for; print the table, write JSON (and plot); return it."""
-    from chunkcache.bench.command import _split_specs, hardware
+    from chunkcache.bench.environment import hardware, split_specs
     from chunkcache.strategies import DEFAULT_STRATEGY, make_strategy
 
     check_args(args)
-    strategies = _split_specs(args.strategies)
+    strategies = split_specs(args.strategies)
     for s in strategies:
         make_strategy(s)  # a bad spec fails before anything starts
     trace = make_trace(musique_sets(args.k, args.dataset, args.seed), args.requests, args.zipf_s, args.seed)
@@ -185,7 +185,8 @@ def run(args: argparse.Namespace) -> dict:
                "settings": {"clients": args.clients, "max_tokens": args.max_tokens, "device": args.device,
                             "prompt_format": args.prompt_format if args.in_process else "chat",
                             "max_running": args.max_running, "max_waiting": args.max_waiting,
-                            "kv_bytes": args.kv_bytes, "store_bytes": args.store_bytes, "layers": args.layers, "hardware": hardware(args.device),
+                            "kv_bytes": args.kv_bytes, "store_bytes": args.store_bytes, "layers": args.layers,
+                            "hardware": hardware(args.device),
                             "date": datetime.date.today().isoformat(),
                             "seconds": round(time.perf_counter() - t0, 1)},
                "runs": rows}
