@@ -125,7 +125,7 @@ class ReuseEngine:
             if strategy is not None:
                 names = strategy.wanted_variants(names, here)
             recs = (self.store.get(cid, v) for v in names)
-            out.append([r.to(dev, dt) for r in recs if r is not None])
+            out.append([r.to(dev, dt, non_blocking=True) for r in recs if r is not None])
         return out
 
     def prefill(self, chunks: list[list[int]], question_ids: list[int], strategy: Strategy,

@@ -25,9 +25,16 @@ STORE_DTYPE = torch.bfloat16
 
 
 def _slice(result: PrefillResult, span: Span, dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    keys = [k[:, span.start:span.end].to("cpu", dtype).contiguous() for k in result.keys_pre]
-    values = [v[:, span.start:span.end].to("cpu", dtype).contiguous() for v in result.values]
-    return keys, values
+    """Every layer's K (pre-RoPE) and V of ``span`` in host memory: one device-to-host copy each for K and V
+    (into pinned memory when they come from a CUDA device, so the record is ready to go back at full link
+    speed), not one per layer."""
+    def host(layers: list[torch.Tensor]) -> list[torch.Tensor]:
+        block = torch.stack([t[:, span.start:span.end] for t in layers]).to(dtype)
+        out = torch.empty(block.shape, dtype=dtype, pin_memory=block.is_cuda)
+        out.copy_(block)
+        return list(out.unbind(0))
+
+    return host(result.keys_pre), host(result.values)
 
 
 def kv_fingerprint(model: CausalLM, template: PromptTemplate) -> str:

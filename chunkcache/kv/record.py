@@ -100,13 +100,14 @@ class ChunkRecord:
         b = self.intra.float().mean() / (n * n)
         return float(torch.sigmoid(a / b.clamp_min(1e-12)))
 
-    def to(self, device: torch.device | str, dtype: torch.dtype) -> "ChunkRecord":
-        """A copy with K/V on ``device`` in ``dtype`` (statistics stay float32 on CPU)."""
+    def to(self, device: torch.device | str, dtype: torch.dtype, non_blocking: bool = False) -> "ChunkRecord":
+        """A copy with K/V on ``device`` in ``dtype`` (statistics stay float32 on CPU). ``non_blocking``: copies
+        from pinned host memory are queued on the device's stream instead of waited for, one by one."""
         return ChunkRecord(
             chunk_id=self.chunk_id,
             token_ids=self.token_ids,
-            keys=[k.to(device=device, dtype=dtype) for k in self.keys],
-            values=[v.to(device=device, dtype=dtype) for v in self.values],
+            keys=[k.to(device=device, dtype=dtype, non_blocking=non_blocking) for k in self.keys],
+            values=[v.to(device=device, dtype=dtype, non_blocking=non_blocking) for v in self.values],
             fingerprint=self.fingerprint,
             prefix_ids=list(self.prefix_ids),
             inter=self.inter,

@@ -68,8 +68,9 @@ def write_record(record: ChunkRecord, path: Path) -> None:
     """Write ``record`` to ``path`` in this format (not atomically: the disk tier handles that)."""
     tensors: dict[str, torch.Tensor] = {"tokens": torch.tensor(record.token_ids, dtype=torch.int64)}
     for layer, (k, v) in enumerate(zip(record.keys, record.values)):
-        tensors[f"k.{layer}"] = k.detach().to("cpu").contiguous()
-        tensors[f"v.{layer}"] = v.detach().to("cpu").contiguous()
+        # cloned: a record's layers may be views of one block, and safetensors refuses shared storage
+        tensors[f"k.{layer}"] = k.detach().to("cpu").contiguous().clone()
+        tensors[f"v.{layer}"] = v.detach().to("cpu").contiguous().clone()
     for name in _STATS:
         stat = getattr(record, name)
         if stat is not None:

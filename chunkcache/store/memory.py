@@ -130,13 +130,13 @@ class MemoryTier(KVTier):
 
     def _to_host(self, record: ChunkRecord) -> ChunkRecord:
         """``record`` with K/V in host memory, pinned when a CUDA device can use that."""
-        on_host = all(t.device.type == "cpu" for t in (*record.keys, *record.values))
-        if on_host and not self._pin:
+        tensors = (*record.keys, *record.values)
+        if all(t.device.type == "cpu" and (t.is_pinned() or not self._pin) for t in tensors):
             return record
 
         def host(t: torch.Tensor) -> torch.Tensor:
             t = t.to("cpu")
-            return t.pin_memory() if self._pin else t
+            return t.pin_memory() if self._pin and not t.is_pinned() else t
 
         return dataclasses.replace(
             record, keys=[host(k) for k in record.keys], values=[host(v) for v in record.values]
