@@ -207,6 +207,7 @@ class ServingEngine:
                      "chunks_hit": pre.stats.chunks_hit, "chunks_missed": pre.stats.chunks_missed,
                      "queue_ms": round((started - seq.submitted) * 1e3, 2),
                      "prefill_ms": round((time.perf_counter() - started) * 1e3, 2),
+                     **{f"{k}_ms": round(v, 2) for k, v in pre.stats.timings_ms.items()},
                      "strategy": self.strategy.name}
         p = seq.params
         if p.temperature > 0:
