@@ -207,7 +207,8 @@ class ServingEngine:
                      "chunks_hit": pre.stats.chunks_hit, "chunks_missed": pre.stats.chunks_missed,
                      "queue_ms": round((started - seq.submitted) * 1e3, 2),
                      "prefill_ms": round((time.perf_counter() - started) * 1e3, 2),
-                     **{f"{k}_ms": round(v, 2) for k, v in pre.stats.timings_ms.items()},
+                     **{f"{name}_ms": round(pre.stats.timings_ms[key], 2)
+                        for name, key in (("load", "load"), ("compute", "prefill"), ("store", "store"))},
                      "strategy": self.strategy.name}
         p = seq.params
         if p.temperature > 0:
