@@ -18,19 +18,22 @@ import torch
 from chunkcache.engine.executor import partial_prefill
 from chunkcache.engine.prompt import Layout
 from chunkcache.kv.record import ChunkRecord
-from chunkcache.models.base import CausalLM
+from chunkcache.models.base import CausalLM, Placement
+from chunkcache.strategies.ape import PlacedPlan
 from chunkcache.strategies.base import Plan
 
 
 class QuestionAttention:
     """Executor observer: attention of the question rows to each key position, averaged over heads and
     rows and over the probed layers. ``last_row``: only the prompt's last token — the one whose output is
-    the first answer token — instead of every question row."""
+    the first answer token — instead of every question row. Keys where ``hidden`` is set are left out."""
 
-    def __init__(self, layout: Layout, layers: list[int], last_row: bool = False) -> None:
+    def __init__(self, layout: Layout, layers: list[int], last_row: bool = False,
+                 hidden: torch.Tensor | None = None) -> None:
         self.layout = layout
         self.layers = set(layers)
         self.first_row = layout.length - 1 if last_row else layout.question.start
+        self.hidden = hidden
         self.scores = torch.zeros(layout.length)
 
     def observe(self, model: CausalLM, layer: int, q_rot: torch.Tensor, k_rot: torch.Tensor,
@@ -38,7 +41,8 @@ class QuestionAttention:
         if layer not in self.layers:
             return
         rows = torch.nonzero(positions >= self.first_row).squeeze(1)
-        probs = model.attention_probs(layer, q_rot[:, rows], k_rot, positions[rows])  # [H, q, L]
+        hidden = None if self.hidden is None else self.hidden.to(k_rot.device)
+        probs = model.attention_probs(layer, q_rot[:, rows], k_rot, positions[rows], hidden)  # [H, q, L]
         self.scores += probs.mean(dim=(0, 1)).cpu() / len(self.layers)
 
 
@@ -47,9 +51,20 @@ def probe_question(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: C
                    last_row: bool = False) -> tuple[torch.Tensor, list[int]]:
     """(scores, computed): per prompt position [L], the question's mean attention at ``layers`` over the
     reused context (``QuestionAttention``), and the positions the probe computed per layer (its cost).
-    Chunks without a record (None) have no KV to reuse, so the probe computes them."""
-    missing = [span.range() for span, rec in zip(layout.chunks, records) if rec is None]
-    obs = QuestionAttention(layout, layers, last_row)
-    plan = Plan(torch.cat([*missing, layout.question.range()]))
+
+    Chunks without a record (None) have no K/V to read yet. Computing them here would double their cost
+    (the plan computes them in full anyway), so the probe leaves them out: the question rows do not see
+    them (a ``Placement`` attention graph in which nothing attends to them), and only the question is
+    computed. Their scores are 0; the strategy ranks only reused tokens."""
+    missing = torch.zeros(layout.length, dtype=torch.bool)
+    for span, rec in zip(layout.chunks, records):
+        if rec is None:
+            missing[span.start:span.end] = True
+    obs = QuestionAttention(layout, layers, last_row, missing if bool(missing.any()) else None)
+    plan = Plan(layout.question.range())
+    if obs.hidden is not None:
+        groups = missing.long()  # 1: a chunk without a record; 0: everything the probe may read
+        sees = torch.tensor([[True, False], [True, True]])
+        plan = PlacedPlan(layout.question.range(), Placement(torch.arange(layout.length), groups, sees))
     result = partial_prefill(model, ids, layout, prefix, records, plan, stats=obs)
     return obs.scores, result.computed_per_layer

@@ -251,13 +251,17 @@ class CausalLM:
         out = torch.matmul(torch.softmax(scores, dim=-1), vv).to(q.dtype)
         return out.transpose(0, 1).reshape(q.shape[1], -1)
 
-    def attention_probs(self, layer: int, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
-        """Explicit attention probabilities [H, Tq, Tk] (float32) for rotated q and k of positions 0..Tk-1.
+    def attention_probs(self, layer: int, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor,
+                        hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Explicit attention probabilities [H, Tq, Tk] (float32) for rotated q and k of positions 0..Tk-1;
+        keys where ``hidden`` (bool [Tk]) is set are masked out.
 
         Fused kernels never return these; only record creation (Cache-Craft statistics) and the question
         probe (engine/probe.py) ask for them.
         """
         mask = attention_mask(q_pos, k.shape[1], self.windows[layer])
+        if hidden is not None:
+            mask &= ~hidden[None, :]
         return torch.softmax(self._scores(q, k).masked_fill(~mask, float("-inf")), dim=-1)
 
     def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

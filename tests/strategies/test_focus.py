@@ -106,6 +106,25 @@ def test_probe_over_exact_records_equals_the_full_prefill_attention(smol_engine)
         assert torch.allclose(probed, reference.scores, atol=1e-5)
 
 
+def test_probe_leaves_chunks_without_a_record_out(smol_engine):
+    """A chunk with no record is neither computed by the probe (the plan computes it anyway) nor read by
+    the question: its scores are 0 and the rest is a distribution over what the question may see."""
+    eng = smol_engine
+    chunks, q = _chunks(eng.tokenizer)
+    pre = eng.prefill(chunks, q, make_strategy("full"), capture_variants=True)
+    records = [next(eng.store.get(cid, v) for v in eng.store.variants(cid)) for cid in pre.layout.chunk_ids]
+    records[1] = None
+    layers = list(range(eng.model.shape.n_layers))
+    probed, cost = probe_question(eng.model, pre.ids, pre.layout, eng.prefix, records, layers, True)
+    assert cost == [len(q)] * len(layers)
+    gap = pre.layout.chunks[1]
+    assert probed[gap.start:gap.end].abs().max().item() == 0.0
+    assert probed.sum().item() == pytest.approx(1.0, abs=1e-4)
+    every = [next(eng.store.get(cid, v) for v in eng.store.variants(cid)) for cid in pre.layout.chunk_ids]
+    seen = probe_question(eng.model, pre.ids, pre.layout, eng.prefix, every, layers, True)[0]
+    assert seen[gap.start:gap.end].sum().item() > 0  # with its record, the question does read that chunk
+
+
 def test_ratio_one_equals_full(smol):
     from chunkcache.engine.reuse import ReuseEngine
 
