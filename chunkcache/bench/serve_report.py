@@ -73,6 +73,9 @@ def summarize(results: list[RequestResult], wall_s: float) -> dict:
         # where the TTFT went (in-process runs only): waiting for admission vs the prefill itself
         "queue_ms_p50": _ms_p50([e["queue_ms"] for e in engine if "queue_ms" in e]),
         "prefill_ms_p50": _ms_p50([e["prefill_ms"] for e in engine if "prefill_ms" in e]),
+        # and the prefill's parts: the model's compute, and capturing what the request taught into the store
+        "compute_ms_p50": _ms_p50([e["compute_ms"] for e in engine if "compute_ms" in e]),
+        "store_ms_p50": _ms_p50([e["store_ms"] for e in engine if "store_ms" in e]),
     }
 
 
