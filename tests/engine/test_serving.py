@@ -32,6 +32,16 @@ def _tokens(handle) -> list[int]:
     return [t for out in handle for t in out.token_ids]
 
 
+def _serve_all(eng: ServingEngine, prompts: list, max_tokens: int = MAX) -> list[list[int]]:
+    """Submit every prompt before the engine starts (so they share batches), then collect their tokens."""
+    handles = [eng.submit(p, GenParams(max_tokens=max_tokens)) for p in prompts]
+    eng.start()
+    try:
+        return [_tokens(h) for h in handles]
+    finally:
+        eng.shutdown()
+
+
 def _rag_prompts(eng: ServingEngine) -> list[RagPrompt]:
     tpl = eng.reuse.template
     texts = _passages(6)
@@ -48,12 +58,7 @@ def test_batched_decode_matches_single_request_path(smol):
     the one-request path (executor prefill + decode.generate over request-local KV) gives."""
     eng = _serving(smol, max_running=8)
     prompts = _rag_prompts(eng)
-    handles = [eng.submit(p, GenParams(max_tokens=MAX)) for p in prompts]
-    eng.start()
-    try:
-        served = [_tokens(h) for h in handles]
-    finally:
-        eng.shutdown()
+    served = _serve_all(eng, prompts)
     full = make_strategy("full")
     for p, got in zip(prompts, served):
         pre = eng.reuse.prefill(p.chunks, p.question_ids, full, reserve=MAX)
@@ -73,14 +78,7 @@ def test_greedy_output_does_not_depend_on_the_batch(smol):
             alone.append(_tokens(alone_eng.submit(p, GenParams(max_tokens=MAX))))
     finally:
         alone_eng.shutdown()
-    together_eng = _serving(smol, "focus", max_running=8)
-    handles = [together_eng.submit(p, GenParams(max_tokens=MAX)) for p in prompts]
-    together_eng.start()
-    try:
-        together = [_tokens(h) for h in handles]
-    finally:
-        together_eng.shutdown()
-    assert together == alone
+    assert _serve_all(_serving(smol, "focus", max_running=8), prompts) == alone
 
 
 def test_sliding_window_decode_matches_single_request_path(gemma):
@@ -91,12 +89,7 @@ def test_sliding_window_decode_matches_single_request_path(gemma):
     assert sum(map(len, chunks)) > eng.reuse.model.windows[0]
     prompts = [RagPrompt(chunks, tpl.encode_question("What is the code of the lantern?")),
                RagPrompt(chunks[:2], tpl.encode_question("Which code opens the tower?"))]
-    handles = [eng.submit(p, GenParams(max_tokens=6)) for p in prompts]
-    eng.start()
-    try:
-        served = [_tokens(h) for h in handles]
-    finally:
-        eng.shutdown()
+    served = _serve_all(eng, prompts, 6)
     for p, got in zip(prompts, served):
         pre = eng.reuse.prefill(p.chunks, p.question_ids, make_strategy("full"), reserve=6)
         assert got == list(generate(eng.reuse.model, pre.result, 6, eng.reuse.stop_ids))
