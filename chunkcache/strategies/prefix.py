@@ -18,10 +18,6 @@ from chunkcache.strategies.base import Plan, Request, Strategy, is_exact
 class Prefix(Strategy):
     name = "prefix"
 
-    def wanted_variants(self, stored: list[str], in_place: str) -> list[str]:
-        """Only the variant computed in place: no other can extend an exact prefix."""
-        return [in_place] if in_place in stored else []
-
     def select(self, req: Request, records: list[ChunkRecord | None], must: torch.Tensor) -> Plan:
         layout = req.layout
         start = layout.prefix.end
