@@ -49,12 +49,15 @@ class Server:
         return httpx.get(f"{self.base}/health", timeout=10).json()
 
 
-def start_server(tmp: Path, *args: str) -> Server:
-    """Start ``chunkcache serve`` with a store under ``tmp`` and wait until /health answers."""
+def start_server(tmp: Path, *args: str, env_key: str | None = None) -> Server:
+    """Start ``chunkcache serve`` with a store under ``tmp`` and wait until /health answers. ``env_key``: the
+    API key given through ``$CHUNKCACHE_API_KEY`` instead of a flag."""
     port = free_port()
     log = tmp / "server.log"
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     env.pop("CHUNKCACHE_API_KEY", None)
+    if env_key is not None:
+        env["CHUNKCACHE_API_KEY"] = env_key
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "chunkcache.cli", "serve", "--port", str(port),
                                  "--store", str(tmp / "store"), *args],
@@ -66,7 +69,7 @@ def start_server(tmp: Path, *args: str) -> Server:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         try:
             if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                key = args[args.index("--api-key") + 1] if "--api-key" in args else None
+                key = args[args.index("--api-key") + 1] if "--api-key" in args else env_key
                 return Server(base, key, log, proc)
         except httpx.TransportError:
             pass

@@ -10,7 +10,7 @@ import sys
 import httpx
 import openai
 import pytest
-from serve_helpers import API_KEY, Server
+from serve_helpers import API_KEY, Server, start_server, stop_server
 
 
 def _error(r: httpx.Response, status: int) -> dict:
@@ -121,3 +121,14 @@ def test_bad_serve_options_fail_before_the_model_loads(tmp_path, args: list[str]
     r = subprocess.run([sys.executable, "-m", "chunkcache.cli", "serve", "--store", str(tmp_path), *args],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and message in r.stderr and r.stderr.startswith("error: ")
+
+
+def test_api_key_from_the_environment(tmp_path) -> None:
+    srv = start_server(tmp_path, "--max-tokens", "4", env_key="env-secret")
+    try:
+        assert httpx.get(f"{srv.base}/v1/models").status_code == 401
+        wrong = httpx.get(f"{srv.base}/v1/models", headers={"Authorization": "Bearer flag-secret"})
+        assert wrong.status_code == 401
+        assert srv.client().models.list().data  # the environment's key works
+    finally:
+        stop_server(srv)
