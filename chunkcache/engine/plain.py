@@ -21,8 +21,6 @@ computed after the template prefix it never saw.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from chunkcache.engine.matcher import ChunkIndex, blank_line_tokens, line_end_tokens, split_prompt
@@ -69,7 +67,7 @@ class PlainPrompts:
                 chunk_ids.append(self.reuse.chunk_id(tokens))
                 learn.append(i)
             else:
-                chunk_ids.append("text-" + hashlib.sha256(repr(tokens).encode()).hexdigest()[:16])
+                chunk_ids.append("text-" + self.reuse.chunk_id(tokens)[:16])
         matched = [i for i, seg in enumerate(parts) if seg.kind == "chunk"]
         cands: list[list[ChunkRecord]] = [[] for _ in parts]
         if reuse and matched:

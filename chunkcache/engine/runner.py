@@ -48,7 +48,7 @@ class DecodeRunner:
         for layer in range(s.n_layers):
             q, k, v = model.qkv(layer, h)  # q [H, B, D], k/v [Hkv, B, D]
             cos, sin = self.rotary.get(model.layer_type(layer))
-            cos, sin = cos[rope][None], sin[rope][None]  # [1, B, D]: one position per request
+            cos, sin = cos[rope], sin[rope]  # [B, D]: one position per request
             q = apply_rope(q, cos, sin)
             k = apply_rope(k, cos, sin)
             self.blocks.write_token(layer, where, k.transpose(0, 1), v.transpose(0, 1))

@@ -34,9 +34,11 @@ def sse(obj: dict | str) -> str:
 
 
 async def event_stream(run: Run, piece: Callable[[str, str | None], dict], include_usage: bool,
-                       usage_chunk: Callable[[], dict]) -> AsyncIterator[str]:
-    """The SSE body of a streamed request: ``piece(text, finish_reason)`` makes each chunk; an engine failure
-    ends the stream with an OpenAI-shaped error event. Closing it early cancels the request (see ``Run``)."""
+                       head: dict) -> AsyncIterator[str]:
+    """The SSE body of a streamed request: ``piece(text, finish_reason)`` makes each chunk; with
+    ``include_usage`` a last chunk of ``head`` (id, object, model...) with no choices carries the usage. An
+    engine failure ends the stream with an OpenAI-shaped error event. Closing it early cancels the request
+    (see ``Run``)."""
     async for out in run.outputs():
         if out.finish_reason is None:
             if out.text:
@@ -45,7 +47,7 @@ async def event_stream(run: Run, piece: Callable[[str, str | None], dict], inclu
         if out.finish_reason in ("stop", "length"):
             yield sse({**piece(out.text, out.finish_reason), "chunkcache": run.handle.stats})
             if include_usage:
-                yield sse(usage_chunk())
+                yield sse({**head, "choices": [], "usage": run.usage(), "chunkcache": run.handle.stats})
         else:
             try:
                 run.raise_for_failure()
@@ -85,11 +87,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
             return {**head, "object": "chat.completion.chunk", **extra,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
 
-        def usage() -> dict:
-            return {**head, "object": "chat.completion.chunk", "choices": [], "usage": run.usage(),
-                    "chunkcache": run.handle.stats}
-
-        return _streaming(event_stream(run, piece, include_usage, usage))
+        return _streaming(event_stream(run, piece, include_usage, {**head, "object": "chat.completion.chunk"}))
     text = await run.text(request)
     return {**head, "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -123,11 +121,7 @@ async def completions(body: CompletionRequest, request: Request, st: ServerState
             return {**head, "object": "text_completion", **extra,
                     "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
 
-        def usage() -> dict:
-            return {**head, "object": "text_completion", "choices": [], "usage": run.usage(),
-                    "chunkcache": run.handle.stats}
-
-        return _streaming(event_stream(run, piece, include_usage, usage))
+        return _streaming(event_stream(run, piece, include_usage, {**head, "object": "text_completion"}))
     text = await run.text(request)
     return {**head, "object": "text_completion",
             "choices": [{"index": 0, "text": text, "finish_reason": run.finish_reason, "logprobs": None}],

@@ -61,7 +61,7 @@ def submit(st: ServerState, prompt: list[int] | RagPrompt, params: GenParams) ->
                             f"({e.prompt_tokens + e.max_tokens} in all): shorten the prompt or lower max_tokens",
                        "max_tokens", "context_length_exceeded") from None
     except QueueFullError as e:
-        retry = max(1, math.ceil(getattr(e, "retry_after", 1.0)))
+        retry = max(1, math.ceil(e.retry_after))
         raise APIError(429, "the server is at capacity: too many requests waiting; retry later", None,
                        "queue_full", {"Retry-After": str(retry)}) from None
     except ValueError as e:
