@@ -17,18 +17,23 @@ from serve_helpers import Server
 
 MAX_EXAMPLES = 25
 CAP = 4  # tokens generated per fuzzed request at most
-TEXT_CAP = 2000  # characters per fuzzed string, and items per list: a prompt near the 8K window takes
-# a minute to prefill on 2 CPU cores, which tests the machine's speed, not the server's robustness
+TEXT_CAP = 1000  # characters of text in one fuzzed body, all strings together, and items per list / 50: a
+# prompt near the 8K window takes a minute to prefill on 2 shared CPU cores and stalls the requests queued
+# behind it, which tests the machine's speed, not the server's robustness
 
 
-def _bounded(value: object) -> object:
-    """``value`` with every string cut to TEXT_CAP characters and every list to TEXT_CAP // 100 items."""
+def _bounded(value: object, budget: list[int] | None = None) -> object:
+    """``value`` with its strings cut so that together they hold at most TEXT_CAP characters, and every list
+    cut to TEXT_CAP // 50 items."""
+    budget = [TEXT_CAP] if budget is None else budget
     if isinstance(value, str):
-        return value[:TEXT_CAP]
+        kept = value[:budget[0]]
+        budget[0] -= len(kept)
+        return kept
     if isinstance(value, list):
-        return [_bounded(v) for v in value[:TEXT_CAP // 100]]
+        return [_bounded(v, budget) for v in value[:TEXT_CAP // 50]]
     if isinstance(value, dict):
-        return {k: _bounded(v) for k, v in value.items()}
+        return {k: _bounded(v, budget) for k, v in value.items()}
     return value
 
 
