@@ -1,0 +1,95 @@
+"""The CUDA kernels (selected-query attention, fused RoPE) checked on the CPU under Triton's interpreter.
+
+Triton reads TRITON_INTERPRET when a kernel is defined, so the checks run in a child interpreter started
+with it set; on a CUDA machine tests/engine/test_cuda.py runs the compiled kernels through the executor.
+Every check draws fresh random inputs, poisons the output first, and compares with SDPA / ``apply_rope``
+in float64.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+
+def _check_selected_attention() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from chunkcache.models.base import attention_mask
+    from chunkcache.models.selected_attention import selected_attention
+
+    torch.manual_seed(0)
+    cases = [  # heads, kv heads, head dim, keys, queries, window
+        (4, 2, 16, 200, 37, None),  # GQA, a partial last query block
+        (4, 1, 32, 130, 130, None),  # every position (multi-query)
+        (2, 2, 16, 300, 70, 50),  # sliding window: blocks that start past the window
+        (4, 2, 16, 65, 1, None),  # one query (decode)
+        (2, 1, 16, 150, 100, None),  # dense, two query blocks
+    ]
+    for heads, kv_heads, dim, keys, n_q, window in cases:
+        q = torch.randn(heads, n_q, dim)
+        k = torch.randn(kv_heads, keys + 9, dim)[:, :keys]  # a view of a larger buffer, as in the executor
+        v = torch.randn(kv_heads, keys, dim)
+        pos = torch.sort(torch.randperm(keys)[:n_q]).values
+        pos[-1] = keys - 1
+        out = selected_attention(q, k, v, pos, dim ** -0.5, window)
+        mask = attention_mask(pos, keys, window)
+        ref = F.scaled_dot_product_attention(q[None].double(), k[None].double(), v[None].double(), attn_mask=mask,
+                                             scale=dim ** -0.5, enable_gqa=True)[0].transpose(0, 1).reshape(n_q, -1)
+        err = float((out.double() - ref).norm() / ref.norm())
+        assert out.shape == ref.shape and err < 1e-5, (heads, kv_heads, dim, keys, n_q, window, err)
+        # a wrong position must change the result: the mask is really per query row
+        shifted = pos.clone()
+        shifted[0] = min(int(pos[0]) + 5, keys - 1)
+        moved = selected_attention(q, k, v, torch.sort(shifted).values, dim ** -0.5, window)
+        if int(shifted[0]) != int(pos[0]):
+            assert not torch.allclose(moved, out)
+
+
+def _check_rope() -> None:
+    import torch
+
+    from chunkcache.models.rope import apply_rope
+    from chunkcache.models.rope_kernel import rope_kernel
+
+    torch.manual_seed(1)
+    positions, dim = 300, 32
+    angles = torch.rand(positions, dim // 2) * 6.0
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    # gather + scatter: 40 tokens at scattered RoPE positions into scattered rows of a larger buffer
+    x = torch.randn(5, 40, dim)
+    pos = torch.randint(0, positions, (40,))
+    rows = torch.randperm(100)[:40]
+    out = torch.full((5, 100, dim), float("nan"))
+    rope_kernel(x, cos, sin, pos, out, rows)
+    ref = apply_rope(x.double(), cos[pos].double(), sin[pos].double())
+    assert torch.allclose(out[:, rows].double(), ref, atol=1e-5)
+    untouched = torch.ones(100, dtype=torch.bool)
+    untouched[rows] = False
+    assert bool(out[:, untouched].isnan().all())
+    # all layers at once: [layers, heads, T, D] into the first T slots of a [layers, heads, T + 7, D] buffer
+    x4 = torch.randn(3, 2, 50, dim)
+    buf = torch.full((3, 2, 57, dim), float("nan"))
+    rope_kernel(x4, cos, sin, None, buf[:, :, :50], None)
+    assert torch.allclose(buf[:, :, :50].double(), apply_rope(x4.double(), cos[:50].double(), sin[:50].double()),
+                          atol=1e-5)
+    assert bool(buf[:, :, 50:].isnan().all())
+
+
+def test_kernels_under_the_interpreter() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "kernels ok" in done.stdout
+
+
+if __name__ == "__main__":
+    _check_selected_attention()
+    _check_rope()
+    print("kernels ok")
