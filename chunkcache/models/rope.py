@@ -12,6 +12,8 @@ import inspect
 
 import torch
 
+from chunkcache.models import rope_kernel
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """Half rotation of the last dimension, the convention of Llama-family checkpoints in HF layout."""
@@ -22,6 +24,28 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` [heads, tokens, head_dim] by per-token tables ``cos``/``sin`` [tokens, head_dim]."""
     return x * cos + rotate_half(x) * sin
+
+
+def rope_rows(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor | None = None,
+              out: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` [..., T, D] rotated to the table rows ``pos`` [T] of ``cos``/``sin`` [positions, D] (None: rows
+    0..T-1). With ``out`` the result is written to ``out[..., rows, :]`` (``rows`` None: the first T) and
+    ``out`` returned; otherwise a new tensor. On CUDA one fused kernel does the gather, the rotation and the
+    scatter (models/rope_kernel.py); elsewhere ``apply_rope``, bit for bit as before."""
+    if rope_kernel.available(x):
+        if out is None:
+            out, rows = torch.empty(x.shape, device=x.device, dtype=x.dtype), None
+        rope_kernel.rope_kernel(x, cos, sin, pos, out, rows)
+        return out
+    t = x.shape[-2]
+    rotated = apply_rope(x, cos[:t] if pos is None else cos[pos], sin[:t] if pos is None else sin[pos])
+    if out is None:
+        return rotated
+    if rows is None:
+        out[..., :t, :] = rotated
+    else:
+        out[..., rows, :] = rotated
+    return out
 
 
 class RotaryTables:
