@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from chunkcache.engine.executor import partial_prefill
+from chunkcache.engine.executor import PrefillResult, partial_prefill
 from chunkcache.engine.prompt import Layout
+from chunkcache.engine.workspace import Workspace
 from chunkcache.kv.record import ChunkRecord
 from chunkcache.models.base import CausalLM, Placement
 from chunkcache.strategies.ape import PlacedPlan
@@ -34,7 +35,7 @@ class QuestionAttention:
         self.layers = set(layers)
         self.first_row = layout.length - 1 if last_row else layout.question.start
         self.hidden = hidden
-        self.scores = torch.zeros(layout.length)
+        self._sum: torch.Tensor | None = None  # on the model's device: no host sync per layer
 
     def observe(self, model: CausalLM, layer: int, q_rot: torch.Tensor, k_rot: torch.Tensor,
                 positions: torch.Tensor) -> None:
@@ -43,19 +44,26 @@ class QuestionAttention:
         rows = torch.nonzero(positions >= self.first_row).squeeze(1)
         hidden = None if self.hidden is None else self.hidden.to(k_rot.device)
         probs = model.attention_probs(layer, q_rot[:, rows], k_rot, positions[rows], hidden)  # [H, q, L]
-        self.scores += probs.mean(dim=(0, 1)).cpu() / len(self.layers)
+        layer_scores = probs.mean(dim=(0, 1)) / len(self.layers)
+        self._sum = layer_scores if self._sum is None else self._sum + layer_scores
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """[L] on the host (one device-to-host copy, after the last layer)."""
+        return torch.zeros(self.layout.length) if self._sum is None else self._sum.float().cpu()
 
 
 def probe_question(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: ChunkRecord | None,
                    records: list[ChunkRecord | None], layers: list[int],
-                   last_row: bool = False) -> tuple[torch.Tensor, list[int]]:
-    """(scores, computed): per prompt position [L], the question's mean attention at ``layers`` over the
-    reused context (``QuestionAttention``), and the positions the probe computed per layer (its cost).
+                   last_row: bool = False, workspace: Workspace | None = None) -> tuple[torch.Tensor, PrefillResult]:
+    """(scores, result): per prompt position [L], the question's mean attention at ``layers`` over the
+    reused context (``QuestionAttention``), and the probe's own prefill (its cost per layer).
 
     Chunks without a record (None) have no K/V to read yet. Computing them here would double their cost
     (the plan computes them in full anyway), so the probe leaves them out: the question rows do not see
     them (a ``Placement`` attention graph in which nothing attends to them), and only the question is
-    computed. Their scores are 0; the strategy ranks only reused tokens."""
+    computed. Their scores are 0; the strategy ranks only reused tokens. ``workspace``: the request's placed
+    records (engine/workspace.py), which the plan's prefill then reuses."""
     missing = torch.zeros(layout.length, dtype=torch.bool)
     for span, rec in zip(layout.chunks, records):
         if rec is None:
@@ -66,5 +74,5 @@ def probe_question(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: C
         groups = missing.long()  # 1: a chunk without a record; 0: everything the probe may read
         sees = torch.tensor([[True, False], [True, True]])
         plan = PlacedPlan(layout.question.range(), Placement(torch.arange(layout.length), groups, sees))
-    result = partial_prefill(model, ids, layout, prefix, records, plan, stats=obs)
-    return obs.scores, result.computed_per_layer
+    result = partial_prefill(model, ids, layout, prefix, records, plan, stats=obs, workspace=workspace)
+    return obs.scores, result

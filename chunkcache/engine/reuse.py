@@ -19,6 +19,7 @@ import torch
 from chunkcache.engine.decode import Sampling, generate
 from chunkcache.engine.executor import PrefillResult, partial_prefill
 from chunkcache.engine.probe import probe_question
+from chunkcache.engine.workspace import Workspace
 from chunkcache.engine.prompt import Layout, PromptTemplate
 from chunkcache.kv.build import STORE_DTYPE, capture, isolated_record, kv_fingerprint, template_record
 from chunkcache.kv.record import ChunkRecord, chunk_hash, variant_name
@@ -72,6 +73,29 @@ class Prefilled:
     decision: Decision
     result: PrefillResult
     stats: RequestStats
+
+
+def decide_and_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: ChunkRecord | None,
+                       cands: list[list[ChunkRecord]], strategy: Strategy, reserve: int = 0,
+                       stats: AttentionStats | None = None
+                       ) -> tuple[Request, Decision, PrefillResult, PrefillResult | None]:
+    """Let ``strategy`` choose (running the question probe, engine/probe.py, when it asks for one) and run
+    its plan's partial prefill over the probe's workspace, so the request's records are placed once
+    (engine/workspace.py). Returns the request, the decision, the plan's prefill and the probe's (None
+    when the strategy did not probe)."""
+    probed: list[tuple[Workspace, PrefillResult]] = []
+
+    def probe(records: list[ChunkRecord | None], layers: list[int], last_row: bool) -> torch.Tensor:
+        ws = Workspace.build(model, layout.length, layout, prefix, records, None, reserve)
+        scores, result = probe_question(model, ids, layout, prefix, records, layers, last_row, ws)
+        probed[:] = [(ws, result)]
+        return scores
+
+    req = Request(layout, cands, model.shape.n_layers, probe)
+    decision = strategy.decide(req)
+    result = partial_prefill(model, ids, layout, prefix, decision.records, decision.plan, reserve=reserve,
+                             stats=stats, workspace=probed[0][0] if probed else None)
+    return req, decision, result, probed[0][1] if probed else None
 
 
 def _sync(device: torch.device) -> None:
@@ -154,18 +178,9 @@ class ReuseEngine:
         t0 = time.perf_counter() if started is None else started
         _sync(dev)
         t1 = time.perf_counter()
-        probed: list[int] = [0] * self.model.shape.n_layers  # the probe's computed positions per layer
-
-        def probe(records: list[ChunkRecord | None], layers: list[int], last_row: bool) -> torch.Tensor:
-            scores, computed = probe_question(self.model, ids, layout, prefix, records, layers, last_row)
-            probed[:] = [a + b for a, b in zip(probed, computed)]
-            return scores
-
-        req = Request(layout, cands, self.model.shape.n_layers, probe)
-        decision = strategy.decide(req)
         stats = AttentionStats(layout, self.model.shape.n_layers) if learn and with_stats else None
-        result = partial_prefill(self.model, ids, layout, prefix, decision.records, decision.plan,
-                                 reserve=reserve, stats=stats)
+        req, decision, result, probe = decide_and_prefill(self.model, ids, layout, prefix, cands, strategy,
+                                                          reserve, stats)
         _sync(dev)
         t2 = time.perf_counter()
         if learn:
@@ -177,7 +192,8 @@ class ReuseEngine:
         rs = RequestStats(
             prompt_tokens=layout.length, context_tokens=layout.context_tokens,
             question_tokens=len(layout.question), chunks_hit=len(cands) - missed, chunks_missed=missed,
-            computed_per_layer=[a + b for a, b in zip(result.computed_per_layer, probed)],
+            computed_per_layer=[a + b for a, b in zip(result.computed_per_layer, probe.computed_per_layer)]
+            if probe is not None else result.computed_per_layer,
             context_computed_per_layer=result.context_computed_per_layer,
             timings_ms={"load": (t1 - t0) * 1e3, "prefill": (t2 - t1) * 1e3,
                         "store": (time.perf_counter() - t2) * 1e3})

@@ -47,6 +47,22 @@ def variant_name(prefix_ids: list[str]) -> str:
     return hashlib.sha256("|".join(prefix_ids).encode()).hexdigest()[:16]
 
 
+def stacked(layers: list[torch.Tensor]) -> torch.Tensor:
+    """The per-layer tensors as one [layers, ...] tensor: a view without a copy when they already are evenly
+    spaced slices of one buffer (what ``ChunkRecord.to`` and capture produce), else ``torch.stack``. Lets a
+    request place a record with one copy instead of one per layer (engine/executor.py)."""
+    first = layers[0]
+    if len(layers) > 1:
+        step = layers[1].data_ptr() - first.data_ptr()
+        size = first.element_size()
+        same = all(t.shape == first.shape and t.stride() == first.stride() and t.dtype == first.dtype
+                   and t.device == first.device and t.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+                   and t.data_ptr() == first.data_ptr() + i * step for i, t in enumerate(layers))
+        if same and step > 0 and step % size == 0:
+            return first.as_strided((len(layers), *first.shape), (step // size, *first.stride()))
+    return torch.stack(layers)
+
+
 @dataclass
 class ChunkRecord:
     """One variant of one chunk's KV states (see module docstring)."""
@@ -61,6 +77,8 @@ class ChunkRecord:
     intra: torch.Tensor | None = None  # [layers]
     outside: torch.Tensor | None = None  # [tokens]
     exact: bool | None = None  # None: the default, exact for isolated records, not for captured variants
+    # ``block`` results per "k"/"v", with the layer list each was made from (the list's identity keeps it valid)
+    _blocks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.exact is None:
@@ -73,6 +91,17 @@ class ChunkRecord:
         for k, v in zip(self.keys, self.values):
             if k.shape[1] != n or v.shape[1] != n:
                 raise ValueError(f"layer tensors cover {k.shape[1]} tokens, chunk has {n}")
+
+    def block(self, which: str) -> torch.Tensor:
+        """Keys (``"k"``) or values (``"v"``) of every layer as one [layers, Hkv, T, D] tensor (``stacked``),
+        worked out once per record: checking 2 × layers views costs more host time per request than a
+        short partial prefill has to spare."""
+        layers = self.keys if which == "k" else self.values
+        made = self._blocks.get(which)
+        if made is None or made[0] is not layers:
+            made = (layers, stacked(layers))
+            self._blocks[which] = made
+        return made[1]
 
     @property
     def variant(self) -> str:
@@ -101,13 +130,16 @@ class ChunkRecord:
         return float(torch.sigmoid(a / b.clamp_min(1e-12)))
 
     def to(self, device: torch.device | str, dtype: torch.dtype, non_blocking: bool = False) -> "ChunkRecord":
-        """A copy with K/V on ``device`` in ``dtype`` (statistics stay float32 on CPU). ``non_blocking``: copies
-        from pinned host memory are queued on the device's stream instead of waited for, one by one."""
-        return ChunkRecord(
+        """A copy with K/V on ``device`` in ``dtype`` (statistics stay float32 on CPU), each as per-layer views of
+        one buffer (``stacked``). ``non_blocking``: a copy from pinned host memory is queued on the device's
+        stream instead of waited for."""
+        k = self.block("k").to(device=device, dtype=dtype, non_blocking=non_blocking)
+        v = self.block("v").to(device=device, dtype=dtype, non_blocking=non_blocking)
+        moved = ChunkRecord(
             chunk_id=self.chunk_id,
             token_ids=self.token_ids,
-            keys=[k.to(device=device, dtype=dtype, non_blocking=non_blocking) for k in self.keys],
-            values=[v.to(device=device, dtype=dtype, non_blocking=non_blocking) for v in self.values],
+            keys=list(k.unbind(0)),
+            values=list(v.unbind(0)),
             fingerprint=self.fingerprint,
             prefix_ids=list(self.prefix_ids),
             inter=self.inter,
@@ -115,6 +147,8 @@ class ChunkRecord:
             outside=self.outside,
             exact=self.exact,
         )
+        moved._blocks = {"k": (moved.keys, k), "v": (moved.values, v)}
+        return moved
 
     def slice(self, start: int, end: int) -> "ChunkRecord":
         """The record of tokens ``start..end-1`` only (views, no copy): what a prompt that holds just that

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -130,7 +131,7 @@ def test_put_leaves_no_temp_file(disk: DiskTier) -> None:
 def test_failed_write_keeps_old_record_and_no_temp(disk: DiskTier, monkeypatch: pytest.MonkeyPatch) -> None:
     old = build_record()
     disk.put(old)
-    new = ChunkRecord(**{**old.__dict__, "keys": [k + 1 for k in old.keys]})
+    new = dataclasses.replace(old, keys=[k + 1 for k in old.keys])
 
     def crash(src: Path, dst: Path) -> None:
         raise OSError("disk full")
@@ -184,7 +185,7 @@ def test_truncated_file_is_detected_and_dropped(disk: DiskTier, caplog: pytest.L
 
 def test_foreign_model_file_is_dropped(tmp_path: Path, disk: DiskTier, caplog: pytest.LogCaptureFixture) -> None:
     ours = build_record()
-    theirs = ChunkRecord(**{**build_record(fingerprint="other-model").__dict__, "chunk_id": ours.chunk_id})
+    theirs = dataclasses.replace(build_record(fingerprint="other-model"), chunk_id=ours.chunk_id)
     with DiskTier(disk.root, "other-model") as other:
         other.put(theirs)  # same path as ours would have, written by another model's store
     assert disk.path(ours.chunk_id).exists()

@@ -98,7 +98,7 @@ def test_probe_over_exact_records_equals_the_full_prefill_attention(smol_engine)
     layers = list(range(eng.model.shape.n_layers))
     for last_row in (False, True):
         probed, cost = probe_question(eng.model, pre.ids, pre.layout, eng.prefix, records, layers, last_row)
-        assert cost == [len(q)] * len(layers)
+        assert cost.computed_per_layer == [len(q)] * len(layers)
         reference = QuestionAttention(pre.layout, layers, last_row)
         partial_prefill(eng.model, pre.ids, pre.layout, eng.prefix, [None] * 3,
                         Plan(torch.arange(pre.layout.length)), stats=reference)
@@ -116,7 +116,7 @@ def test_probe_leaves_chunks_without_a_record_out(smol_engine):
     records[1] = None
     layers = list(range(eng.model.shape.n_layers))
     probed, cost = probe_question(eng.model, pre.ids, pre.layout, eng.prefix, records, layers, True)
-    assert cost == [len(q)] * len(layers)
+    assert cost.computed_per_layer == [len(q)] * len(layers)
     gap = pre.layout.chunks[1]
     assert probed[gap.start:gap.end].abs().max().item() == 0.0
     assert probed.sum().item() == pytest.approx(1.0, abs=1e-4)
