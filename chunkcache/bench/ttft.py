@@ -1,19 +1,22 @@
 """GPU time-to-first-token of every reuse strategy on a Llama-3-8B-shaped model with random weights.
 
-    python -m chunkcache.bench.ttft --contexts 4096,8192,16384 --json ttft.json
+    python -m chunkcache.bench.ttft --contexts 8192,16384,32768,65536 --json ttft.json
 
 Random weights are fine for timing (DESIGN section 7): the work per token does not depend on the values.
 Contexts are made of 512-token chunks after a 32-token template prefix, then a 64-token question. Every
-chunk's isolated record is precomputed; TTFT = choose + partial prefill + first-token pick, synchronised,
-median of ``--repeats`` runs after warm-up. Records sit in GPU memory (the fastest tier) for the main
-column; ``host`` repeats cachecraft and cacheblend with records in pinned host memory, copies included.
-``hf_sdpa`` is plain ``transformers`` with SDPA attention over the same prompt, the bar our ``full``
-must not be slower than.
+chunk's isolated record is precomputed; TTFT = choose (with the question probe for ``focus``) + partial
+prefill + first-token pick, synchronised, median of ``--repeats`` runs after warm-up. Records sit in GPU
+memory (the fastest tier) for the main columns; ``--host`` repeats strategies with records in pinned host
+memory, copies included. ``hf_sdpa`` is plain ``transformers`` with SDPA attention over the same prompt,
+the bar our ``full`` must not be slower than. Each strategy's time is also shown over its compute floor
+(bench/floor.py, from this device's measured matrix rate and bandwidth), and one context gets a decode
+column: tokens/s of concurrent sequences decoding after the last strategy's prefill.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import time
@@ -21,19 +24,24 @@ from dataclasses import dataclass, field
 
 import torch
 
-from chunkcache.engine.executor import partial_prefill
+from chunkcache.bench.environment import split_specs
+from chunkcache.bench.floor import Peaks, floor_ms, measure_peaks, prefill_work
+from chunkcache.engine.kv_blocks import KVBlocks
 from chunkcache.engine.prompt import Layout, Span, template_key
+from chunkcache.engine.reuse import decide_and_prefill
+from chunkcache.engine.runner import DecodeRunner
+from chunkcache.engine.sequence import GenParams, Sequence
 from chunkcache.kv.build import isolated_record, template_record
+from chunkcache.kv.record import stacked
 from chunkcache.models.loader import wrap
-from chunkcache.strategies import make_strategy
-from chunkcache.strategies.base import Request
+from chunkcache.strategies import DEFAULT_STRATEGY, make_strategy
 
 LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                  num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
                  rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                   "original_max_position_embeddings": 8192})
-STRATEGIES = ["full", "prefix", "naive", "epic", "cacheblend", "cachecraft"]
+STRATEGIES = ["full", "prefix", "naive", "epic", "cacheblend", "cachecraft", DEFAULT_STRATEGY]
 
 
 @dataclass
@@ -71,11 +79,13 @@ def _sync() -> None:
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
-    """Median wall time (ms) of ``repeats`` synchronised calls after one warm-up, and the last result."""
+    """Median wall time (ms) of ``repeats`` synchronised calls after one warm-up, and the last result (the
+    previous result is dropped before each call, so two requests' buffers never coexist)."""
     out = fn()
     _sync()
     times = []
     for _ in range(repeats):
+        out = None
         _sync()
         t0 = time.perf_counter()
         out = fn()
@@ -84,7 +94,37 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def run_context(model, context: int, chunk: int, repeats: int, strategies: list[str]) -> dict:
+def decode_rate(model, result, token: int, n_seqs: int, steps: int) -> float:
+    """Decode tokens/s of ``n_seqs`` concurrent sequences that each start from ``result``'s prompt (the
+    serving engine's paged KV and batched decode step, engine/runner.py), over ``steps`` steps."""
+    length = result.length
+    bs = 16
+    per_seq = -(-(length + steps + 1) // bs)
+    blocks = KVBlocks(model.shape, n_seqs * per_seq, bs, model.device, model.dtype)
+    runner = DecodeRunner(model, blocks)
+    seqs = []
+    for _ in range(n_seqs):
+        seq = Sequence([], length, GenParams(max_tokens=steps + 1), None, set())
+        seq.blocks = blocks.allocate(per_seq)
+        blocks.write_prompt(seq.blocks, result.keys, result.values, length)
+        seq.kv_len, seq.next_position, seq.pending = length, result.next_position, token
+        seqs.append(seq)
+
+    def step() -> None:
+        for seq, tok in zip(seqs, runner.step(seqs)):
+            seq.kv_len, seq.pending = seq.kv_len + 1, tok
+
+    step()
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync()
+    return n_seqs * steps / (time.perf_counter() - t0)
+
+
+def run_context(model, context: int, chunk: int, repeats: int, strategies: list[str], host: list[str],
+                peaks: Peaks, decode: tuple[int, int] | None) -> dict:
     dev = model.device
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(context)
@@ -101,63 +141,97 @@ def run_context(model, context: int, chunk: int, repeats: int, strategies: list[
     ids = torch.tensor(ids_list + question, device=dev)
     records = [isolated_record(model, template, prefix, c, f"c{i}", torch.bfloat16).to(dev, torch.bfloat16)
                for i, c in enumerate(chunks)]
-    host = [r.to("cpu", torch.bfloat16) for r in records]
-    if torch.cuda.is_available():
-        for r in host:
-            r.keys = [k.pin_memory() for k in r.keys]
-            r.values = [v.pin_memory() for v in r.values]
+    on_host = [r.to("cpu", torch.bfloat16) for r in records] if host else []
+    for r in on_host:  # one pinned buffer per record's K and V, as the memory tier keeps them
+        r.keys = list(stacked(r.keys).pin_memory().unbind(0))
+        r.values = list(stacked(r.values).pin_memory().unbind(0))
 
     def prefill(spec: str, recs):
         strat = make_strategy(spec)
-        decision = strat.decide(Request(layout, [[r] for r in recs], model.shape.n_layers))
-        res = partial_prefill(model, ids, layout, prefix, decision.records, decision.plan)
-        return int(torch.argmax(res.logits)), res
+        loaded = [[r.to(dev, torch.bfloat16, non_blocking=True)] for r in recs]
+        _, _, res, probe = decide_and_prefill(model, ids, layout, prefix, loaded, strat)
+        return int(torch.argmax(res.logits)), res, probe
 
     row: dict[str, float] = {}
     with torch.inference_mode():
-        row["hf_sdpa"], ref = timed(lambda: model.hf(ids[None], use_cache=False).logits[0, -1], repeats)
+        row["hf_sdpa"], ref = timed(lambda: model.hf(ids[None], use_cache=False, logits_to_keep=1).logits[0, -1],
+                                    repeats)
         for spec in strategies:
-            row[spec], (tok, res) = timed(lambda: prefill(spec, records), repeats)
+            row[spec], (tok, res, probe) = timed(lambda: prefill(spec, records), repeats)
             n = len(res.context_computed_per_layer)
             row[f"{spec}_recompute"] = sum(res.context_computed_per_layer) / (n * layout.context_tokens)
+            passes = [res] if probe is None else [probe, res]
+            reused = layout.length - min(res.computed_per_layer)
+            flops, nbytes = prefill_work(model, passes, reused)
+            row[f"{spec}_floor"] = floor_ms(flops, nbytes, peaks)
+            row[f"{spec}_tflop"] = flops / 1e12
             if spec == "full":
                 row["full_vs_hf_rel_err"] = float((res.logits - ref.float()).norm() / ref.float().norm())
-        for spec in ("cacheblend", "cachecraft"):
-            row[f"{spec}_host"], _ = timed(lambda: prefill(spec, host), repeats)
+            if decode is not None and spec == strategies[-1]:
+                last = (res, tok)
+            del res, probe
+        for spec in host:
+            row[f"{spec}_host"], _ = timed(lambda: prefill(spec, on_host), repeats)
+        if decode is not None:
+            row["decode_tok_s"] = decode_rate(model, *last, *decode)
     row["tokens"] = int(ids.numel())
     return row
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--contexts", default="4096,8192,16384")
+    p.add_argument("--contexts", default="8192,16384,32768,65536")
     p.add_argument("--chunk", type=int, default=512)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--layers", type=int, default=None, help="fewer layers for a quick check")
     p.add_argument("--strategies", default=",".join(STRATEGIES),
                    help="strategy specs to time (full first), e.g. add cachecraft:alpha=0.15")
+    p.add_argument("--host", default=f"cacheblend,{DEFAULT_STRATEGY}",
+                   help="strategies to time again with records in pinned host memory, copies included")
+    p.add_argument("--decode", default="8192:32:32",
+                   help="CONTEXT:SEQUENCES:STEPS of the decode column (after the last strategy's prefill); "
+                        "'none' to skip")
     p.add_argument("--json", default="ttft.json")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("error: this benchmark needs a CUDA device")
-    specs = ["full"] + [x for x in args.strategies.split(",") if x and x != "full"]
+    specs = ["full"] + [x for x in split_specs(args.strategies) if x != "full"]
+    host = split_specs(args.host)
+    decode = None if args.decode == "none" else tuple(int(x) for x in args.decode.split(":"))
     model = build_model(args.layers, "cuda")
+    peaks = measure_peaks(model.device)
+    print(f"measured peaks: {peaks.flops / 1e12:.0f} TFLOP/s bf16, {peaks.bandwidth / 1e12:.2f} TB/s", flush=True)
     rows = {}
     for ctx in (int(c) for c in args.contexts.split(",")):
-        rows[ctx] = run_context(model, ctx, args.chunk, args.repeats, specs)
+        rows[ctx] = run_context(model, ctx, args.chunk, args.repeats, specs, host, peaks,
+                                decode[1:] if decode and decode[0] == ctx else None)
+        gc.collect()
         torch.cuda.empty_cache()
-    cols = ["hf_sdpa"] + specs + ["cacheblend_host", "cachecraft_host"]
-    print(f"| {'tokens':>6} | " + " | ".join(f"{c:>10}" for c in cols) + " |   (TTFT ms, median)")
-    for r in rows.values():
-        print(f"| {r['tokens']:>6} | " + " | ".join(f"{r[c]:>10.1f}" for c in cols) + " |")
-    print("speed-up over our full: " + "; ".join(
-        f"{ctx}: " + ", ".join(f"{s} {r['full'] / r[s]:.1f}x" for s in specs[1:]) for ctx, r in rows.items()))
-    print("recompute fraction: " + ", ".join(f"{s} {rows[max(rows)][s + '_recompute']:.3f}" for s in specs))
+        print(f"{ctx}: " + ", ".join(f"{k} {v:.1f}" for k, v in rows[ctx].items() if k in ["hf_sdpa", *specs]),
+              flush=True)
+    print_table(rows, specs, host)
     payload = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": "llama3-8b-shape-random",
-               "chunk": args.chunk, "date": time.strftime("%Y-%m-%d"), "rows": rows}
+               "chunk": args.chunk, "date": time.strftime("%Y-%m-%d"), "peak_tflops": peaks.flops / 1e12,
+               "peak_tb_s": peaks.bandwidth / 1e12, "decode": args.decode, "rows": rows}
     with open(args.json, "w") as f:
         json.dump(payload, f, indent=2)
     return 0
+
+
+def print_table(rows: dict[int, dict], specs: list[str], host: list[str]) -> None:
+    """TTFT per strategy, then each strategy's speed-up over ``full``, recompute and time over its floor."""
+    cols = ["hf_sdpa"] + specs + [f"{h}_host" for h in host]
+    print(f"| {'tokens':>6} | " + " | ".join(f"{c:>12}" for c in cols) + " |   (TTFT ms, median)")
+    for r in rows.values():
+        print(f"| {r['tokens']:>6} | " + " | ".join(f"{r[c]:>12.1f}" for c in cols) + " |")
+    print("\n| tokens | strategy | recompute | speed-up vs full | floor ms | time / floor |")
+    for r in rows.values():
+        for spec in specs:
+            print(f"| {r['tokens']} | {spec} | {r[spec + '_recompute']:.3f} | {r['full'] / r[spec]:.1f}x | "
+                  f"{r[spec + '_floor']:.1f} | {r[spec] / r[spec + '_floor']:.2f} |")
+    for ctx, r in rows.items():
+        if "decode_tok_s" in r:
+            print(f"decode after {specs[-1]} at {ctx} context: {r['decode_tok_s']:.0f} tokens/s")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,12 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from chunkcache.bench.ttft import SyntheticTemplate
 from chunkcache.engine.executor import partial_prefill
 from chunkcache.engine.prompt import Layout, Span
+from chunkcache.engine.reuse import decide_and_prefill
 from chunkcache.kv.build import isolated_record, template_record
 from chunkcache.models.base import CausalLM
 from chunkcache.models.loader import wrap
 from chunkcache.strategies import make_strategy
-from chunkcache.strategies.base import Plan, Request
+from chunkcache.strategies.base import Plan
 
 pytestmark = pytest.mark.gpu
 DEVICE = "cuda"
@@ -62,13 +63,35 @@ def test_cuda_full_matches_transformers_and_reuse_matches_cpu(dtype):
     prefix = template_record(cpu, template, dtype)
     recs = [isolated_record(cpu, template, prefix.to("cpu", torch.float32), c, n, dtype)
             for c, n in zip(chunks, "abc")]
-    for spec in ("naive", "epic", "cacheblend", "cachecraft"):
+    for spec in ("naive", "epic", "cacheblend", "cachecraft", "focus", "focus:ratio=0.9", "ape"):
         out = {}
         for model, device, dt in ((cpu, "cpu", torch.float32), (dev, DEVICE, dtype)):
             placed = [[r.to(device, dt)] for r in recs]
-            d = make_strategy(spec).decide(Request(layout, placed, model.shape.n_layers))
-            out[device] = partial_prefill(model, ids, layout, prefix.to(device, dt), d.records, d.plan).logits
+            _, _, res, _ = decide_and_prefill(model, ids, layout, prefix.to(device, dt), placed, make_strategy(spec))
+            out[device] = res.logits
         assert _rel(out[DEVICE], out["cpu"]) < TOL[dtype], spec
+
+
+@pytest.mark.parametrize("window", [None, 300])
+def test_cuda_selected_attention_matches_sdpa(window):
+    """The selected-query kernel at a real head size (128, 4 query heads per KV head) in bf16 against
+    float64 SDPA on the same inputs, fresh random data, output poisoned first."""
+    import torch.nn.functional as F
+
+    from chunkcache.models.base import attention_mask
+    from chunkcache.models.selected_attention import selected_attention
+
+    gen = torch.Generator(device=DEVICE).manual_seed(3)
+    for keys, n_q in ((2000, 300), (4096, 4096), (999, 1)):
+        q = torch.randn(32, n_q, 128, device=DEVICE, dtype=torch.bfloat16, generator=gen)
+        k = torch.randn(8, keys + 64, 128, device=DEVICE, dtype=torch.bfloat16, generator=gen)[:, :keys]
+        v = torch.randn(8, keys, 128, device=DEVICE, dtype=torch.bfloat16, generator=gen)
+        pos = torch.sort(torch.randperm(keys, device=DEVICE, generator=gen)[:n_q]).values
+        out = selected_attention(q, k, v, pos, 128 ** -0.5, window)
+        ref = F.scaled_dot_product_attention(q[None].double(), k[None].double(), v[None].double(),
+                                             attn_mask=attention_mask(pos, keys, window), scale=128 ** -0.5,
+                                             enable_gqa=True)[0].transpose(0, 1).reshape(n_q, -1)
+        assert not out.isnan().any() and _rel(out, ref) < 1e-2, (keys, n_q)
 
 
 def test_cuda_greedy_decode_matches_transformers():
