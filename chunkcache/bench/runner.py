@@ -51,6 +51,7 @@ class Rows:
 
     values: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in METRICS})
     ttft: list[float] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def add(self, **kw: float) -> None:
@@ -65,6 +66,9 @@ class Rows:
             out["ttft_ms_mean"] = statistics.fmean(self.ttft)
             out["ttft_ms_p50"] = statistics.median(self.ttft)
         out["seconds"] = self.seconds
+        # per example, in dataset order: which questions a strategy misses, and whether they are full's misses
+        out["examples"] = [{"answer": a, "f1": f, "accuracy": acc}
+                           for a, f, acc in zip(self.answers, self.values["f1"], self.values["accuracy"])]
         for k in PAIRED:
             if self.values[k]:
                 mean, ci = paired_difference(self.values[k], full.values[k])
@@ -161,6 +165,7 @@ def run(engine: ReuseEngine, examples: list[Example], specs: list[str], max_new_
                 rows[spec].add(answer_token_kl=kls[ref.pos],
                                answer_token_agreement=int(torch.argmax(forced[ref.pos])) == ref.tokens[ref.pos])
             rows[spec].ttft.append(ttft)
+            rows[spec].answers.append(answer)
             rows[spec].add(
                 f1=best_f1(answer, ex.answers),
                 accuracy=accuracy(answer, ex.answers, ex.answer_pattern),

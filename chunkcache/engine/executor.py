@@ -1,9 +1,10 @@
 """Partial prefill: run the model over only the positions a reuse plan selects (DESIGN section 2.6).
 
 For every layer l the plan names the positions S_l to compute (S_0 ⊇ S_1 ⊇ ..., the last prompt token
-always included). The executor keeps a request-local KV per layer, filled from the chunk records (keys
-stored before RoPE) and overwritten with the fresh K/V of S_l, then rotates all keys to their positions in
-this prompt and lets S_l attend to the merged KV. Positions not in S_l keep their cached K/V for that and
+always included). The executor keeps a request-local KV per layer (engine/workspace.py), filled from the
+chunk records (keys stored before RoPE) and rotated to their positions in this prompt, overwrites it with
+the fresh K/V of S_l and lets S_l attend to the merged KV (on CUDA with models/selected_attention.py, whose
+cost scales with |S_l| × L). Positions not in S_l keep their cached K/V for that and
 all later layers. Shared records are never written: the buffers are copies.
 
 Identities this must satisfy (tests/engine/test_executor.py): S_l = all positions equals a full prefill

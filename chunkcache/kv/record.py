@@ -49,8 +49,9 @@ def variant_name(prefix_ids: list[str]) -> str:
 
 def stacked(layers: list[torch.Tensor]) -> torch.Tensor:
     """The per-layer tensors as one [layers, ...] tensor: a view without a copy when they already are evenly
-    spaced slices of one buffer (what ``ChunkRecord.to`` and capture produce), else ``torch.stack``. Lets a
-    request place a record with one copy instead of one per layer (engine/executor.py)."""
+    spaced slices of one buffer (what ``ChunkRecord.to``, capture and the memory tier produce), else
+    ``torch.stack``. Lets a request place a record with one copy instead of one per layer
+    (engine/workspace.py)."""
     first = layers[0]
     if len(layers) > 1:
         step = layers[1].data_ptr() - first.data_ptr()
@@ -98,10 +99,12 @@ class ChunkRecord:
         short partial prefill has to spare."""
         layers = self.keys if which == "k" else self.values
         made = self._blocks.get(which)
-        if made is None or made[0] is not layers:
-            made = (layers, stacked(layers))
-            self._blocks[which] = made
-        return made[1]
+        if made is not None and made[0] is layers:
+            return made[1]
+        block = stacked(layers)
+        if block.untyped_storage().data_ptr() == layers[0].untyped_storage().data_ptr():
+            self._blocks[which] = (layers, block)  # a view: remembering it costs no memory (a copy is not kept)
+        return block
 
     @property
     def variant(self) -> str:

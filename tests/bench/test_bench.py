@@ -14,7 +14,7 @@ from chunkcache.cli import main
 KEYS = {"f1", "accuracy", "first_token_agreement", "first_token_kl", "answer_token_agreement", "answer_token_kl",
         "answer_kl_mean", "answer_token_examples", "rougeL_vs_full", "exact_match_vs_full", "recompute_fraction",
         "ttft_ms_mean", "ttft_ms_p50", "prefill_flops", "seconds", "f1_diff_vs_full", "f1_diff_ci95",
-        "accuracy_diff_vs_full", "accuracy_diff_ci95"}
+        "accuracy_diff_vs_full", "accuracy_diff_ci95", "examples"}
 
 
 def test_bench_cli_writes_the_json_contract_and_plot(tmp_path, capsys):
@@ -27,6 +27,8 @@ def test_bench_cli_writes_the_json_contract_and_plot(tmp_path, capsys):
     assert set(data["strategies"]) == {"full", "prefix", "naive", "epic", "cacheblend", "cachecraft"}
     for name, m in data["strategies"].items():
         assert KEYS <= set(m), name
+        assert len(m["examples"]) == 2 and all(isinstance(e["answer"], str) for e in m["examples"])
+        assert sum(e["accuracy"] for e in m["examples"]) / 2 == pytest.approx(m["accuracy"])
     full = data["strategies"]["full"]
     assert full["recompute_fraction"] == 1.0 and full["first_token_kl"] == pytest.approx(0, abs=1e-6)
     assert full["answer_kl_mean"] == pytest.approx(0, abs=1e-6) and full["answer_token_agreement"] == 1.0

@@ -71,3 +71,17 @@ def test_stacked_is_a_view_only_for_evenly_spaced_layers():
     assert torch.equal(stacked(loose), torch.stack(loose))
     shuffled = [views[1], views[0], views[2], views[3]]
     assert torch.equal(stacked(shuffled), torch.stack(shuffled))  # same buffer, wrong order: a real stack
+
+
+def test_a_record_remembers_its_block_only_when_it_is_a_view():
+    from chunkcache.kv.record import ChunkRecord
+
+    buf = torch.randn(4, 2, 5, 3)
+    rec = ChunkRecord("c", list(range(5)), list(buf.unbind(0)), [torch.randn(2, 5, 3) for _ in range(4)], "fp")
+    assert rec.block("k") is rec.block("k") and rec.block("k").data_ptr() == buf.data_ptr()
+    assert rec.block("v") is not rec.block("v")  # a stacked copy is made per call, never kept beside the record
+    assert torch.equal(rec.block("v"), torch.stack(rec.values))
+    moved = rec.to("cpu", torch.float64)
+    assert moved.block("v") is moved.block("v") and torch.equal(moved.block("v"), torch.stack(rec.values).double())
+    rec.keys = [k.clone() for k in rec.keys]  # a new list: the remembered view no longer applies
+    assert rec.block("k").data_ptr() != buf.data_ptr() and torch.equal(rec.block("k"), buf)
