@@ -3,7 +3,7 @@
 ``x * cos + rotate_half(x) * sin`` in PyTorch is five kernels (two products, a negation, a concatenation,
 a sum) plus two gathers of the tables, each a full pass over the tensor; placing every cached key of a
 request, and the queries and keys of every layer of a partial prefill, paid that many launches and
-passes (issue 6's profile: about a fifth of a short plan's GPU time). This kernel reads x and the two
+passes (about a fifth of a short plan's GPU time in a profile on an H100). This kernel reads x and the two
 table rows once and writes the rotated rows, in float32 arithmetic with one rounding at the end (the
 unfused path rounds three times in bf16, so results agree to bf16 precision, not bit for bit).
 

@@ -3,7 +3,7 @@
 A partial prefill (engine/executor.py) computes only the positions S_l its plan selects, scattered over a
 prompt of L tokens, against all L merged keys. PyTorch's fused kernels serve that badly: the causal flash
 kernel needs a dense query block (scattering S_l into L rows computes all L² / 2 query-key pairs, which is
-why a 20%-recompute plan cost as much attention as a full prefill — issue 6's profile), and the masked
+why a 20%-recompute plan cost as much attention as a full prefill; docs/benchmarks.md), and the masked
 kernel needs an explicit [|S_l|, L] mask and, on CUDA, K/V expanded to every query head.
 
 This is FlashAttention-2's forward (Dao, arXiv 2307.08691, Algorithm 1: one pass over key blocks with the
@@ -36,8 +36,9 @@ BLOCK_N = 64
 
 
 def available(q: torch.Tensor) -> bool:
-    """Whether this kernel can run attention for queries ``q`` [H, Tq, D]: a CUDA tensor (or the Triton
-    interpreter), Triton installed, and a power-of-two head size from 16 to 256."""
+    """Whether the executor should run attention for queries ``q`` [H, Tq, D] here: a CUDA tensor, Triton
+    installed, and a power-of-two head size from 16 to 256. (Tests call ``selected_attention`` directly on
+    CPU tensors under Triton's interpreter.)"""
     d = q.shape[-1]
     return triton is not None and q.is_cuda and d >= 16 and d <= 256 and d & (d - 1) == 0
 
