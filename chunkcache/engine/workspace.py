@@ -74,7 +74,7 @@ class Workspace:
         length = self.k_pre.shape[2]
         place = _positions(placement, length, self.k_pre.device)
         same_place = self.place is None if place is None else self.place is not None and torch.equal(place, self.place)
-        return same_records and same_place and self.values.shape[2] >= capacity and capacity >= length
+        return same_records and same_place and self.values.shape[2] >= capacity
 
     def claim(self, positions: torch.Tensor) -> None:
         """A pass that computes ``positions`` (host, its first layer's set) starts: it must recompute every
