@@ -31,6 +31,7 @@ from chunkcache.engine.prompt import Layout, Span, template_key
 from chunkcache.engine.reuse import decide_and_prefill
 from chunkcache.engine.runner import DecodeRunner
 from chunkcache.engine.sequence import GenParams, Sequence
+from chunkcache.engine.serving import ServingConfig
 from chunkcache.kv.build import isolated_record, template_record
 from chunkcache.kv.record import stacked
 from chunkcache.models.loader import wrap
@@ -98,7 +99,7 @@ def decode_rate(model, result, token: int, n_seqs: int, steps: int) -> float:
     """Decode tokens/s of ``n_seqs`` concurrent sequences that each start from ``result``'s prompt (the
     serving engine's paged KV and batched decode step, engine/runner.py), over ``steps`` steps."""
     length = result.length
-    bs = 16
+    bs = ServingConfig.block_size
     per_seq = -(-(length + steps + 1) // bs)
     blocks = KVBlocks(model.shape, n_seqs * per_seq, bs, model.device, model.dtype)
     runner = DecodeRunner(model, blocks)
