@@ -50,11 +50,16 @@ def measure_peaks(device: torch.device, repeats: int = 20) -> Peaks:
     return Peaks(flops=2 * 8192 ** 3 / (mm / 1e3), bandwidth=2 * src.numel() * 2 / (cp / 1e3))
 
 
+def params_per_layer(model: CausalLM) -> int:
+    """Parameters of one decoder layer: 2× this is the FLOPs per token per layer of its matrix products."""
+    return sum(p.numel() for p in model.layers[0].parameters())
+
+
 def prefill_work(model: CausalLM, passes: list[PrefillResult], reused_tokens: int) -> tuple[float, float]:
     """(FLOPs, bytes) a prefill made of ``passes`` (the probe's and the plan's) must at least do and move,
     reading ``reused_tokens`` tokens' cached K/V once."""
     s = model.shape
-    layer_params = sum(p.numel() for p in model.layers[0].parameters())
+    layer_params = params_per_layer(model)
     head_params = model.hf.lm_head.weight.numel()
     width = model.dtype.itemsize
     flops = 0.0

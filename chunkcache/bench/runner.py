@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from chunkcache.bench.datasets import Example
+from chunkcache.bench.floor import params_per_layer
 from chunkcache.bench.metrics import (accuracy, answer_position, best_f1, first_token_kl, paired_difference,
                                       prefill_flops, rouge_l, token_kls)
 from chunkcache.engine.decode import teacher_force
@@ -121,11 +122,6 @@ def token_pieces(tokenizer, tokens: list[int]) -> list[str]:
     return pieces
 
 
-def _params_per_layer(engine: ReuseEngine) -> int:
-    layer = engine.model.layers[0]
-    return sum(p.numel() for p in layer.parameters())
-
-
 def run(engine: ReuseEngine, examples: list[Example], specs: list[str], max_new_tokens: int = 32,
         progress: bool = True) -> dict[str, dict[str, float | list[float] | None]]:
     """Summary metrics per strategy spec (``full`` included, scored against itself; see module docstring)."""
@@ -133,7 +129,7 @@ def run(engine: ReuseEngine, examples: list[Example], specs: list[str], max_new_
         raise ValueError("the strategy specs must start with full (the reference; see expand)")
     strategies = {s: make_strategy(s) for s in specs}
     rows = {s: Rows() for s in specs}
-    ppl = _params_per_layer(engine)
+    ppl = params_per_layer(engine.model)
     vocab = engine.model.config.vocab_size
     bar = tqdm(total=len(examples) * len(specs), desc="bench", unit="run", disable=not progress)
     for ex in examples:

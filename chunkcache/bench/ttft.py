@@ -33,7 +33,7 @@ from chunkcache.engine.runner import DecodeRunner
 from chunkcache.engine.sequence import GenParams, Sequence
 from chunkcache.engine.serving import ServingConfig
 from chunkcache.kv.build import isolated_record, template_record
-from chunkcache.kv.record import stacked
+from chunkcache.kv.record import host_copy
 from chunkcache.models.loader import wrap
 from chunkcache.strategies import DEFAULT_STRATEGY, make_strategy
 
@@ -144,8 +144,7 @@ def run_context(model, context: int, chunk: int, repeats: int, strategies: list[
                for i, c in enumerate(chunks)]
     on_host = [r.to("cpu", torch.bfloat16) for r in records] if host else []
     for r in on_host:  # one pinned buffer per record's K and V, as the memory tier keeps them
-        r.keys = list(stacked(r.keys).pin_memory().unbind(0))
-        r.values = list(stacked(r.values).pin_memory().unbind(0))
+        r.keys, r.values = host_copy(r.keys, pin=True), host_copy(r.values, pin=True)
 
     def prefill(spec: str, recs):
         strat = make_strategy(spec)

@@ -16,7 +16,7 @@ import torch
 
 from chunkcache.engine.executor import PrefillResult, partial_prefill
 from chunkcache.engine.prompt import Layout, PromptTemplate, Span
-from chunkcache.kv.record import ChunkRecord
+from chunkcache.kv.record import ChunkRecord, host_copy
 from chunkcache.kv.stats import AttentionStats
 from chunkcache.models.base import CausalLM
 from chunkcache.strategies.base import Plan
@@ -28,13 +28,9 @@ def _slice(result: PrefillResult, span: Span, dtype: torch.dtype) -> tuple[list[
     """Every layer's K (pre-RoPE) and V of ``span`` in host memory: one device-to-host copy each for K and V
     (into pinned memory when they come from a CUDA device, so the record is ready to go back at full link
     speed), not one per layer."""
-    def host(layers: list[torch.Tensor]) -> list[torch.Tensor]:
-        block = torch.stack([t[:, span.start:span.end] for t in layers]).to(dtype)
-        out = torch.empty(block.shape, dtype=dtype, pin_memory=block.is_cuda)
-        out.copy_(block)
-        return list(out.unbind(0))
-
-    return host(result.keys_pre), host(result.values)
+    pin = result.keys_pre[0].is_cuda
+    return tuple(host_copy([t[:, span.start:span.end] for t in layers], dtype, pin)
+                 for layers in (result.keys_pre, result.values))
 
 
 def kv_fingerprint(model: CausalLM, template: PromptTemplate) -> str:

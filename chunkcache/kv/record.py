@@ -64,6 +64,18 @@ def stacked(layers: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(layers)
 
 
+def host_copy(layers: list[torch.Tensor], dtype: torch.dtype | None = None, pin: bool = False) -> list[torch.Tensor]:
+    """The per-layer tensors copied into one new host buffer (pinned when ``pin``), converted to ``dtype``
+    where they are before the copy: one transfer for all layers, returned as per-layer views of the buffer
+    (which ``stacked`` gives back without a copy)."""
+    block = stacked(layers)
+    if dtype is not None:
+        block = block.to(dtype)
+    out = torch.empty(block.shape, dtype=block.dtype, pin_memory=pin)
+    out.copy_(block)
+    return list(out.unbind(0))
+
+
 @dataclass
 class ChunkRecord:
     """One variant of one chunk's KV states (see module docstring)."""

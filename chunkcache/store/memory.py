@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from chunkcache.kv.record import ISOLATED, ChunkRecord, stacked
+from chunkcache.kv.record import ISOLATED, ChunkRecord, host_copy
 from chunkcache.store.base import CacheCounters, KVTier
 
 log = logging.getLogger(__name__)
@@ -134,13 +134,6 @@ class MemoryTier(KVTier):
         if all(t.device.type == "cpu" and (t.is_pinned() or not self._pin) for t in tensors):
             return record
 
-        def host(layers: list[torch.Tensor]) -> list[torch.Tensor]:
-            """One host buffer for all layers (``stacked``), so a request loads it back in one copy."""
-            block = stacked(layers)
-            out = torch.empty(block.shape, dtype=block.dtype, pin_memory=self._pin)
-            out.copy_(block)
-            return list(out.unbind(0))
-
-        return dataclasses.replace(
-            record, keys=host(record.keys), values=host(record.values)
-        )
+        # one host buffer for all layers, so a request loads it back in one copy
+        return dataclasses.replace(record, keys=host_copy(record.keys, pin=self._pin),
+                                   values=host_copy(record.values, pin=self._pin))
