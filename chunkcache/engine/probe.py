@@ -42,8 +42,9 @@ class QuestionAttention:
         if layer not in self.layers:
             return
         rows = torch.nonzero(positions >= self.first_row).squeeze(1)
-        hidden = None if self.hidden is None else self.hidden.to(k_rot.device)
-        probs = model.attention_probs(layer, q_rot[:, rows], k_rot, positions[rows], hidden)  # [H, q, L]
+        if self.hidden is not None and self.hidden.device != k_rot.device:
+            self.hidden = self.hidden.to(k_rot.device)  # once, not at every probed layer
+        probs = model.attention_probs(layer, q_rot[:, rows], k_rot, positions[rows], self.hidden)  # [H, q, L]
         layer_scores = probs.mean(dim=(0, 1)) / len(self.layers)
         self._sum = layer_scores if self._sum is None else self._sum + layer_scores
 

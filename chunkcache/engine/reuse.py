@@ -19,8 +19,8 @@ import torch
 from chunkcache.engine.decode import Sampling, generate
 from chunkcache.engine.executor import PrefillResult, partial_prefill
 from chunkcache.engine.probe import probe_question
-from chunkcache.engine.workspace import Workspace
 from chunkcache.engine.prompt import Layout, PromptTemplate
+from chunkcache.engine.workspace import Workspace
 from chunkcache.kv.build import STORE_DTYPE, capture, isolated_record, kv_fingerprint, template_record
 from chunkcache.kv.record import ChunkRecord, chunk_hash, variant_name
 from chunkcache.kv.stats import AttentionStats
