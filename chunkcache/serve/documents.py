@@ -107,12 +107,12 @@ async def list_documents(st: ServerState = Depends(state)) -> dict:
 def _remove(st: ServerState, ref: str) -> dict:
     folder = documents_dir(st)
     candidates = [folder / ref] if "/" not in ref and "\\" not in ref else []
-    candidates.append(Path(ref).expanduser())
+    candidates.append(Path(ref))
     for cand in candidates:
         try:
-            path = str(cand.resolve())
-        except (OSError, ValueError):  # not a possible path (e.g. a NUL byte): not a document either
-            continue
+            path = str(cand.expanduser().resolve())
+        except (OSError, ValueError, RuntimeError):  # not a possible path (a NUL byte; ~user of no known user,
+            continue  # for which expanduser raises RuntimeError): not a document either
         if st.engine.index.document_sha(path) is not None:
             break
     else:

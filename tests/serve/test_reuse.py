@@ -65,6 +65,8 @@ def test_documents_round_trip_and_rag_query(server: Server, model_id: str) -> No
         assert deleted.status_code == 200 and deleted.json()["chunks_removed"] == report["chunks_added"]
         assert path not in {d["id"] for d in http.get("/v1/documents").json()["data"]}
         assert http.delete("/v1/documents/zorblat.md").status_code == 404
+        # a ~user path of no such user is no document either (expanduser raises; found by the fuzzer)
+        assert http.delete("/v1/documents/~no-such-user-zorblat/x.md").status_code == 404
 
 
 def test_rag_query_streams_citations_then_text(server: Server, tmp_path) -> None:
