@@ -93,6 +93,16 @@ class KVTier(ABC):
     def stats(self) -> dict[str, Any]:
         """Sizes and lookup counters of this tier, as plain JSON-able values."""
 
+    def pin(self, chunk_id: str) -> None:
+        """Never evict ``chunk_id`` from this tier until :meth:`unpin` (a no-op for tiers that do not evict)."""
+
+    def unpin(self, chunk_id: str) -> None:
+        """Undo :meth:`pin` (a no-op for tiers that do not evict)."""
+
+    def observe_recompute(self, chunk_id: str, variant: str, fraction: float) -> None:
+        """A request reused this record and recomputed ``fraction`` of its tokens: input for value-based
+        eviction (store/eviction/value.py); a no-op for tiers that do not evict."""
+
     def close(self) -> None:
         """Release files or connections the tier holds (nothing by default)."""
 

@@ -65,6 +65,18 @@ class TieredStore(KVTier):
                     seen.add(chunk_id)
                     yield chunk_id, tokens
 
+    def pin(self, chunk_id: str) -> None:
+        for tier in self.tiers:
+            tier.pin(chunk_id)
+
+    def unpin(self, chunk_id: str) -> None:
+        for tier in self.tiers:
+            tier.unpin(chunk_id)
+
+    def observe_recompute(self, chunk_id: str, variant: str, fraction: float) -> None:
+        for tier in self.tiers:
+            tier.observe_recompute(chunk_id, variant, fraction)
+
     def clear(self) -> None:
         """Clear every tier."""
         for tier in self.tiers:
