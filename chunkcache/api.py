@@ -2,8 +2,10 @@
 
 A store directory holds everything a deployment needs::
 
-    <store>/store.json   which model (and template) the caches belong to, and the calibrated strategy
+    <store>/store.json   which model (and template) the caches belong to, the calibrated strategy
                          setting (``"calibration"``, written by ``chunkcache calibrate``; see calibrate.py)
+                         and the pinned documents (``"pinned"``, by ``chunkcache cache pin``)
+    <store>/chunkcache.toml   optional tier capacities, Redis URL and eviction policy (store/settings.py)
     <store>/index/       SQLite metadata + faiss HNSW index (rag/index.py)
     <store>/kv/          one safetensors file per chunk-record variant (store/disk.py)
     <store>/.lock        held while ingesting, so two processes never interleave writes
@@ -17,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from chunkcache.calibrate import Calibration, Point, calibrate, read_questions
 from chunkcache.engine.decode import Sampling
@@ -24,13 +27,14 @@ from chunkcache.engine.reuse import ReuseEngine
 from chunkcache.models.loader import DEFAULT_MODEL, canonical_name, load_model
 from chunkcache.rag import Embedder, Hit, IngestReport, VectorIndex, ingest, require_paths
 from chunkcache.rag.ingest import document_key
-from chunkcache.store import DiskTier, MemoryTier, TieredStore, store_lock
+from chunkcache.store import DiskTier, TierSettings, store_lock
 from chunkcache.strategies import DEFAULT_STRATEGY, make_strategy
 
 STORE_ENV = "CHUNKCACHE_STORE"
 DEFAULT_STORE = ".chunkcache"
 MANIFEST = "store.json"
 CALIBRATION = "calibration"  # store.json key of the saved calibration record
+PINNED = "pinned"  # store.json key of the pinned documents' keys
 
 
 class StoreMismatchError(ValueError):
@@ -84,7 +88,8 @@ def resolve_store(store: str | os.PathLike | None) -> Path:
 class Engine:
     """Ingest documents, retrieve chunks, answer questions reusing chunk caches (see module docstring).
 
-    The reuse strategy is ``strategy`` when given (a spec such as ``"cacheblend:ratio=0.3"``), else the
+    ``tiers`` overrides the store's tier settings (``device_bytes``, ``host_bytes``, ``redis_url``,
+    ``eviction``; store/settings.py). The reuse strategy is ``strategy`` when given (a spec such as ``"cacheblend:ratio=0.3"``), else the
     setting ``chunkcache calibrate`` saved in the store, else ``DEFAULT_STRATEGY``; ``strategy_spec`` and
     ``strategy_source`` (``"explicit"``, ``"calibrated"`` or ``"default"``) say which, and every answer's
     stats repeat them.
@@ -92,7 +97,7 @@ class Engine:
 
     def __init__(self, store: str | os.PathLike | None = None, model: str = DEFAULT_MODEL,
                  strategy: str | None = None, device: str = "cpu", k: int = 5,
-                 max_new_tokens: int = 128) -> None:
+                 max_new_tokens: int = 128, tiers: dict[str, Any] | None = None) -> None:
         self.root = resolve_store(store)
         if strategy:
             make_strategy(strategy)  # a bad spec fails before the model loads
@@ -100,13 +105,17 @@ class Engine:
         self.max_new_tokens = max_new_tokens
         self.model_name = canonical_name(model)
         lm, tok = load_model(model, device=device)
-        self.reuse = ReuseEngine(lm, tok, store=MemoryTier(1 << 30))
+        self.tiers = TierSettings.load(self.root, **(tiers or {}))
+        self.reuse = ReuseEngine(lm, tok, memory_bytes=0)
         self._check_manifest(self.model_name)
         self.use_strategy(strategy)
         self.kv = DiskTier(self.root / "kv", self.reuse.fingerprint)
-        self.reuse.store = TieredStore([self.reuse.store, self.kv])
+        self.reuse.store = self.tiers.build(self.kv, lm.device)
         self._embedder: Embedder | None = None
         self._index: VectorIndex | None = None
+        for doc in self._read_manifest().get(PINNED, []):
+            for chunk_id in self.index.document_chunk_hashes(doc):
+                self.reuse.store.pin(chunk_id)
 
     def _check_manifest(self, model: str) -> None:
         path = self.root / MANIFEST
@@ -201,11 +210,32 @@ class Engine:
                 raise KeyError(f"no ingested document {path}")
             chunk_ids = self.index.remove_document(key)
             self.index.save()
+            manifest = self._read_manifest()
+            if key in manifest.get(PINNED, []):
+                manifest[PINNED] = [d for d in manifest[PINNED] if d != key]
+                self._write_manifest(manifest)
             in_use = self.index.chunk_hashes_in_use()
             gone = [c for c in dict.fromkeys(chunk_ids) if c not in in_use]
             for chunk_id in gone:
                 self.reuse.store.delete(chunk_id)
+                self.reuse.store.unpin(chunk_id)
         return gone
+
+    def pin_document(self, path: str | os.PathLike, pin: bool = True) -> int:
+        """Keep (``pin``) or stop keeping an ingested document's chunk records in the memory tiers whatever the
+        eviction policy says, in this process and every later one on this store. Returns its chunk count;
+        KeyError if it was never ingested."""
+        key = document_key(Path(path))
+        if self.index.document_sha(key) is None:
+            raise KeyError(f"no ingested document {path}")
+        hashes = self.index.document_chunk_hashes(key)
+        for chunk_id in hashes:
+            (self.reuse.store.pin if pin else self.reuse.store.unpin)(chunk_id)
+        manifest = self._read_manifest()
+        pinned = [d for d in manifest.get(PINNED, []) if d != key] + ([key] if pin else [])
+        manifest[PINNED] = pinned
+        self._write_manifest(manifest)
+        return len(hashes)
 
     def retrieve(self, question: str, k: int | None = None) -> list[Hit]:
         """The top-k chunks for a question, best first."""

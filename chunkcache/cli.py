@@ -18,6 +18,14 @@ def _engine_args(p: argparse.ArgumentParser, strategy: bool = False) -> None:
     p.add_argument("--store", default=None, help="store directory (default $CHUNKCACHE_STORE or ./.chunkcache)")
     p.add_argument("--model", default="default", help="packaged model name or HF model directory")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    tiers = p.add_argument_group("cache tiers (override <store>/chunkcache.toml and CHUNKCACHE_* variables)")
+    tiers.add_argument("--device-bytes", default=None, metavar="SIZE",
+                       help="accelerator tier capacity, e.g. 8GiB (needs --device cuda; default 0: off)")
+    tiers.add_argument("--host-bytes", default=None, metavar="SIZE", help="host-memory tier capacity (default 1GiB)")
+    tiers.add_argument("--redis", dest="redis_url", default=None, metavar="URL",
+                       help="shared Redis tier, e.g. redis://127.0.0.1:6379/0 (default: none)")
+    tiers.add_argument("--eviction", default=None, choices=["lru", "lfu", "value"],
+                       help="eviction policy of the memory tiers (default value)")
     if strategy:
         from chunkcache.strategies import DEFAULT_STRATEGY, STRATEGIES
 
@@ -46,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(ask, strategy=True)
 
     cache = sub.add_parser("cache", help="inspect or maintain the chunk caches")
-    cache.add_argument("action", choices=["stats", "verify", "clear"])
+    cache.add_argument("action", choices=["stats", "verify", "clear", "pin", "unpin"])
+    cache.add_argument("paths", nargs="*", type=Path,
+                       help="pin/unpin: ingested documents whose chunk records the memory tiers always keep")
     _engine_args(cache)
 
     cal = sub.add_parser("calibrate", help="save the smallest strategy budget whose answers stay within a "
@@ -76,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _engine(args: argparse.Namespace, **kw):
     from chunkcache.api import Engine
 
-    return Engine(store=args.store, model=args.model, device=args.device, **kw)
+    return Engine(store=args.store, model=args.model, device=args.device, tiers=tier_flags(args), **kw)
+
+
+def tier_flags(args: argparse.Namespace) -> dict:
+    """The tier options given on the command line (store/settings.py applies them over file and env)."""
+    return {name: getattr(args, name) for name in ("device_bytes", "host_bytes", "redis_url", "eviction")}
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -132,7 +147,18 @@ def _cache(args: argparse.Namespace) -> int:
             for problem in v["index_problems"]:
                 print(f"  index: {problem}")
             return 1 if v["index_problems"] else 0
+        elif args.action in ("pin", "unpin"):
+            if not args.paths:
+                raise ValueError(f"cache {args.action} needs the path of at least one ingested document")
+            for path in args.paths:
+                try:
+                    n = eng.pin_document(path, pin=args.action == "pin")
+                except KeyError as e:
+                    raise ValueError(f"{e.args[0]} (ingest it first)") from None
+                print(f"{args.action}ned {path}: {n} chunks")
         else:
+            if args.paths:
+                raise ValueError(f"cache {args.action} takes no paths")
             print(f"removed {eng.cache_clear()} records")
     return 0
 

