@@ -4,9 +4,11 @@
                      --limit N --max-new-tokens T --json OUT.json [--plot OUT.png] [--model PATH]
                      [--device cpu|cuda] [--sweep]
     chunkcache bench serve [--url URL | --in-process] --strategies full,prefix,focus --json OUT.json ...
+    chunkcache bench workload [--queries N] [--zipf S] [--policies lru,lfu,value] --json OUT.json ...
 
 The first form judges quality and prefill cost per strategy; ``bench serve`` (``chunkcache.bench.serve``)
-measures the serving engine's throughput and latency under a request trace.
+measures the serving engine's throughput and latency under a request trace; ``bench workload``
+(``chunkcache.bench.cache_bench``) the cache tiers and eviction policies under a chunk-reuse trace.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ DEFAULT_STRATEGIES = "full,prefix,naive,epic,cacheblend,cachecraft,focus,ape"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The quality benchmark's flags, and the ``serve`` sub-mode with its own. ``--dataset`` and ``--json``
     are required without a sub-mode; ``main`` checks that, since argparse cannot require them only then."""
-    from chunkcache.bench import serve
+    from chunkcache.bench import cache_bench, serve
 
-    modes = p.add_subparsers(dest="bench_mode", metavar="{serve}")
+    modes = p.add_subparsers(dest="bench_mode", metavar="{serve,workload}")
     serve.add_arguments(modes.add_parser("serve", help="serving throughput and latency under a RAG request trace"))
+    cache_bench.add_arguments(modes.add_parser("workload", help="cache tiers and eviction policies under a Zipf "
+                                                               "chunk-reuse trace, against exact prefix caching"))
     p.add_argument("--dataset", default=None,
                    help="(required) musique, needle, multihop, or a JSON file in the musique format")
     p.add_argument("--strategies", default=DEFAULT_STRATEGIES,
@@ -59,6 +63,10 @@ def main(args: argparse.Namespace) -> int:
     from chunkcache.store.tiered import TieredStore
     from chunkcache.strategies import make_strategy
 
+    if args.bench_mode == "workload":
+        from chunkcache.bench.cache_bench import command as workload_command
+
+        return workload_command(args)
     if args.bench_mode == "serve":
         from chunkcache.bench.serve import command as serve_command
 

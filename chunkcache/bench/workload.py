@@ -19,6 +19,7 @@ it, with no chunkcache-specific markers. Everything is a function of the seed.
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,3 +136,37 @@ def make_trace(sets: list[ChunkSet], n: int, s: float = 1.1, seed: int = 0) -> l
         question = chunk_set.questions[(start[set_id] + m) % len(chunk_set.questions)]
         trace.append(TraceRequest(index, set_id, tuple(order), question))
     return trace
+
+
+def pooled_passages(path: Path | None = None) -> list[str]:
+    """Every distinct passage of the MuSiQue file (default the shared musique_dev.json), in file order: the
+    corpus of the cache workload (``chunkcache bench workload``)."""
+    examples = load_json(path or shared_data_dir() / "musique_dev.json")
+    return list(dict.fromkeys(p for ex in examples for p in ex.passages if p.strip()))
+
+
+def chunk_trace(n_chunks: int, n: int, k: int, s: float = 1.0, repeat: float = 0.2, seed: int = 0) -> list[list[int]]:
+    """``n`` queries of ``k`` distinct chunk indices each (ids into a pool of ``n_chunks``), for the cache
+    workload. Chunk popularity is Zipf(s) over a seeded ranking; with probability ``repeat`` a query instead
+    re-asks the chunk set of an earlier query (uniformly chosen), shuffled — the same retrieval result in a
+    new order, which position-independent reuse serves and exact prefix caching does not."""
+    if not 1 <= k <= n_chunks:
+        raise ValueError(f"k must be between 1 and the pool size {n_chunks}, got {k}")
+    if n < 1 or not 0 <= repeat <= 1:
+        raise ValueError("the trace needs n >= 1 queries and 0 <= repeat <= 1")
+    rng = random.Random(seed)
+    ranked = list(range(n_chunks))
+    rng.shuffle(ranked)
+    cumulative = list(itertools.accumulate(zipf_weights(n_chunks, s)))
+    queries: list[list[int]] = []
+    for _ in range(n):
+        if queries and rng.random() < repeat:
+            chosen = list(rng.choice(queries))
+            rng.shuffle(chosen)
+        else:
+            picked: dict[int, None] = {}
+            while len(picked) < k:
+                picked.setdefault(rng.choices(ranked, cum_weights=cumulative)[0], None)
+            chosen = list(picked)
+        queries.append(chosen)
+    return queries

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import faulthandler
 import signal
 from pathlib import Path
 from collections.abc import Iterator
@@ -74,8 +75,10 @@ def _stop_on_signals() -> Iterator[None]:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run the server until it is told to stop; returns the exit status."""
+    """Run the server until it is told to stop; returns the exit status. ``kill -USR1`` dumps every thread's
+    stack to stderr (a stuck request can be diagnosed without stopping the server)."""
     check_arguments(args)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     import uvicorn
 
     from chunkcache.api import Engine

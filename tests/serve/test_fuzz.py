@@ -9,7 +9,11 @@ Generation lengths are capped so the run stays well under a minute on a CPU.
 
 from __future__ import annotations
 
+import signal
+import time
+
 import hypothesis.strategies as hs
+import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.generation.modes import GenerationMode
@@ -61,7 +65,13 @@ def test_no_input_causes_a_server_error(server: Server, model_id: str) -> None:
                     if isinstance(case.body.get(field), int):
                         case.body[field] = min(case.body[field], CAP)
                 case.body.setdefault("max_tokens", CAP)
-            response = case.call(timeout=60)
+            try:
+                response = case.call(timeout=60)
+            except requests.Timeout:
+                server.proc.send_signal(signal.SIGUSR1)  # the server dumps its threads' stacks into its log
+                time.sleep(1)
+                raise AssertionError(f"no answer in 60 s to {case.method} {case.formatted_path} {case.body!r:.300}; "
+                                     f"server log:\n{server.log.read_text()[-6000:]}") from None
             reached_engine[0] += response.status_code == 200 and case.method == "POST"
             if response.status_code >= 500:
                 failures.append(f"{case.method} {case.formatted_path} {case.body!r:.300}: "
