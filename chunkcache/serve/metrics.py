@@ -4,7 +4,7 @@ Counted as requests finish: time to first token and end-to-end latency (histogra
 chunk records and recomputed, completion tokens, and HTTP responses by route and status code (an ASGI
 middleware, so 401s, 413s and 429s count too). Read at scrape time, so they can never go stale: the
 scheduler's queue depth, running requests and free KV blocks (``ServingEngine.snapshot()``), and the chunk
-store's lookup hits, misses and evictions per tier (``store.stats()``).
+store's lookup hits, misses and evictions per tier (``store.stats()``), and whether a remote tier is up.
 """
 
 from __future__ import annotations
@@ -39,13 +39,21 @@ class _LiveCollector(Collector):
                                      labels=["tier"])
         evictions = CounterMetricFamily("chunkcache_cache_evictions", "chunk records evicted, per store tier",
                                         labels=["tier"])
+        unavailable = CounterMetricFamily(
+            "chunkcache_cache_tier_unavailable", "calls a remote tier skipped or failed while it was down or slow "
+            "(requests were served from the local tiers)", labels=["tier"])
+        up = GaugeMetricFamily("chunkcache_cache_tier_up", "1 while a remote tier is in use, 0 while it is marked "
+                               "down", labels=["tier"])
         for tier in _tiers(self.store_stats()):
             name = str(tier.get("tier", "store"))
             hits.add_metric([name], float(tier.get("hits", 0)))
             misses.add_metric([name], float(tier.get("misses", 0)))
             if "evictions" in tier:
                 evictions.add_metric([name], float(tier["evictions"]))
-        yield from (hits, misses, evictions)
+            if "unavailable" in tier:
+                unavailable.add_metric([name], float(tier["unavailable"]))
+                up.add_metric([name], float(bool(tier.get("available"))))
+        yield from (hits, misses, evictions, unavailable, up)
 
 
 def _tiers(stats: dict[str, Any]) -> list[dict[str, Any]]:
