@@ -130,6 +130,15 @@ class ServingEngine:
         """Index chunks stored since start (e.g. by an ingest); return how many were added."""
         return self.plain.index_store()
 
+    def in_flight(self) -> list[dict]:
+        """Every waiting and running request: id, prompt tokens, tokens generated of its max, age (diagnostics)."""
+        with self.scheduler._lock:
+            seqs = [("waiting", s) for s in self.scheduler.waiting] + [("running", s) for s in self.scheduler.running]
+        now = time.perf_counter()
+        return [{"state": state, "id": s.request_id, "prompt_tokens": s.prompt_len, "generated": len(s.output),
+                 "max_tokens": s.params.max_tokens, "kv_len": s.kv_len, "age_s": round(now - s.submitted, 1)}
+                for state, s in seqs]
+
     def snapshot(self) -> dict:
         waiting, running = self.scheduler.counts()
         return {"waiting": waiting, "running": running, "kv_blocks_total": self.blocks.n_blocks,

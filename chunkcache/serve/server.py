@@ -9,10 +9,11 @@ closed, and the process exits with status 0 rather than dying of the signal.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
-import faulthandler
 import signal
+import sys
 from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,11 +75,15 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _dump(serving) -> None:
+    faulthandler.dump_traceback(all_threads=True)
+    print(f"requests in flight: {serving.in_flight()}", file=sys.stderr, flush=True)
+
+
 def serve(args: argparse.Namespace) -> int:
-    """Run the server until it is told to stop; returns the exit status. ``kill -USR1`` dumps every thread's
-    stack to stderr (a stuck request can be diagnosed without stopping the server)."""
+    """Run the server until it is told to stop; returns the exit status. ``kill -USR1`` writes every thread's
+    stack and the requests in flight to stderr (a stuck request can be diagnosed without stopping the server)."""
     check_arguments(args)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
     import uvicorn
 
     from chunkcache.api import Engine
@@ -96,6 +101,7 @@ def serve(args: argparse.Namespace) -> int:
                                 ServingConfig(kv_bytes=args.kv_bytes, max_running=args.max_running,
                                               max_waiting=args.max_waiting))
         serving.start()
+        signal.signal(signal.SIGUSR1, lambda *_: _dump(serving))
         try:
             app = create_app(engine, serving, model_alias=args.model, api_key=api_key,
                              max_body_bytes=args.max_body_bytes, default_max_tokens=args.max_tokens,
