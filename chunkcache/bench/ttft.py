@@ -7,7 +7,8 @@ Contexts are made of 512-token chunks after a 32-token template prefix, then a 6
 chunk's isolated record is precomputed; TTFT = choose (with the question probe for ``focus``) + partial
 prefill + first-token pick, synchronised, median of ``--repeats`` runs after warm-up. Records sit in GPU
 memory (the fastest tier) for the main columns; ``--host`` repeats strategies with records in pinned host
-memory, copies included. ``hf_sdpa`` is plain ``transformers`` with SDPA attention over the same prompt,
+memory, copies included (streamed in layer group by layer group behind compute, engine/workspace.py), and
+reports how much of the copy time that hides. ``hf_sdpa`` is plain ``transformers`` with SDPA attention over the same prompt,
 the bar our ``full`` must not be slower than. Each strategy's time is also shown over its compute floor
 (bench/floor.py, from this device's measured matrix rate and bandwidth), and one context gets a decode
 column: tokens/s of concurrent sequences decoding after the last strategy's prefill.
@@ -21,6 +22,7 @@ import json
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -28,7 +30,7 @@ from chunkcache.bench.environment import split_specs
 from chunkcache.bench.floor import Peaks, floor_ms, measure_peaks, prefill_work
 from chunkcache.engine.kv_blocks import KVBlocks
 from chunkcache.engine.prompt import Layout, Span, template_key
-from chunkcache.engine.reuse import decide_and_prefill
+from chunkcache.engine.reuse import decide_and_prefill, for_prefill
 from chunkcache.engine.runner import DecodeRunner
 from chunkcache.engine.sequence import GenParams, Sequence
 from chunkcache.engine.serving import ServingConfig
@@ -124,8 +126,43 @@ def decode_rate(model, result, token: int, n_seqs: int, steps: int) -> float:
     return n_seqs * steps / (time.perf_counter() - t0)
 
 
+def tier_rows(tiers: list[str], records: list, prefill, spec: str, repeats: int, redis_url: str | None) -> dict:
+    """TTFT of ``spec`` with every record read from the disk tier (page cache dropped before each read) or
+    the Redis tier first: lookup, read, checksum verification, the copy to the device, then the prefill."""
+    import os
+    import tempfile
+
+    from chunkcache.store import DiskTier, RedisTier
+
+    out = {}
+    fp = records[0].fingerprint
+    with tempfile.TemporaryDirectory(prefix="ttft-disk-") as tmp:
+        stores = {"disk": lambda: DiskTier(Path(tmp), fp), "redis": lambda: RedisTier(redis_url, fp, timeout_s=30)}
+        for name in tiers:
+            if name == "redis" and not redis_url:
+                raise SystemExit("error: --tiers redis needs --redis-url")
+            tier = stores[name]()
+            for r in records:
+                tier.put(r.to("cpu", torch.bfloat16))
+
+            def read_all(tier=tier, name=name) -> list:
+                if name == "disk":  # a cold read: drop the files from the page cache first
+                    for path in Path(tmp).rglob("*.safetensors"):
+                        fd = os.open(path, os.O_RDONLY)
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                        os.close(fd)
+                return [tier.get(r.chunk_id) for r in records]
+
+            out[f"{spec}_{name}"], _ = timed(lambda: prefill(spec, read_all()), repeats)
+            out[f"{name}_read_ms"], _ = timed(read_all, repeats)
+            tier.clear()
+            tier.close()
+    return out
+
+
 def run_context(model, context: int, chunk: int, repeats: int, strategies: list[str], host: list[str],
-                peaks: Peaks, decode: tuple[int, int] | None) -> dict:
+                peaks: Peaks, decode: tuple[int, int] | None, tiers: list[str] = (),
+                redis_url: str | None = None) -> dict:
     dev = model.device
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(context)
@@ -148,7 +185,7 @@ def run_context(model, context: int, chunk: int, repeats: int, strategies: list[
 
     def prefill(spec: str, recs):
         strat = make_strategy(spec)
-        loaded = [[r.to(dev, torch.bfloat16, non_blocking=True)] for r in recs]
+        loaded = [[for_prefill(r, dev, torch.bfloat16)] for r in recs]
         _, _, res, probe = decide_and_prefill(model, ids, layout, prefix, loaded, strat)
         return int(torch.argmax(res.logits)), res, probe
 
@@ -172,6 +209,13 @@ def run_context(model, context: int, chunk: int, repeats: int, strategies: list[
             del res, probe
         for spec in host:
             row[f"{spec}_host"], _ = timed(lambda: prefill(spec, on_host), repeats)
+        if host:  # the copy alone, and how much of it the streaming hides behind compute
+            row["host_copy_ms"], _ = timed(lambda: [r.to(dev, torch.bfloat16, non_blocking=True) for r in on_host],
+                                           repeats)
+            for spec in (h for h in host if h in row):
+                row[f"{spec}_hidden"] = 1 - (row[f"{spec}_host"] - row[spec]) / row["host_copy_ms"]
+        if tiers:
+            row.update(tier_rows(tiers, records, prefill, DEFAULT_STRATEGY, repeats, redis_url))
         if decode is not None:
             row["decode_tok_s"] = decode_rate(model, *last, *decode)
     row["tokens"] = int(ids.numel())
@@ -191,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode", default="8192:32:32",
                    help="CONTEXT:SEQUENCES:STEPS of the decode column (after the last strategy's prefill); "
                         "'none' to skip")
+    p.add_argument("--tiers", default="", help="disk,redis: also time the default strategy with records read from "
+                                              "these tiers first, at --tier-context")
+    p.add_argument("--tier-context", type=int, default=16384)
+    p.add_argument("--redis-url", default=None, help="a running Redis for --tiers redis")
     p.add_argument("--json", default="ttft.json")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -204,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for ctx in (int(c) for c in args.contexts.split(",")):
         rows[ctx] = run_context(model, ctx, args.chunk, args.repeats, specs, host, peaks,
-                                decode[1:] if decode and decode[0] == ctx else None)
+                                decode[1:] if decode and decode[0] == ctx else None,
+                                split_specs(args.tiers) if ctx == args.tier_context else [], args.redis_url)
         gc.collect()
         torch.cuda.empty_cache()
         print(f"{ctx}: " + ", ".join(f"{k} {v:.1f}" for k, v in rows[ctx].items() if k in ["hf_sdpa", *specs]),
@@ -229,6 +278,17 @@ def print_table(rows: dict[int, dict], specs: list[str], host: list[str]) -> Non
         for spec in specs:
             print(f"| {r['tokens']} | {spec} | {r[spec + '_recompute']:.3f} | {r['full'] / r[spec]:.1f}x | "
                   f"{r[spec + '_floor']:.1f} | {r[spec] / r[spec + '_floor']:.2f} |")
+    for r in rows.values():
+        if "host_copy_ms" in r:
+            print(f"| {r['tokens']} | host copy alone {r['host_copy_ms']:.1f} ms | " + " | ".join(
+                f"{h}: host/device {r[h + '_host'] / r[h]:.3f}, copy hidden {100 * r[h + '_hidden']:.0f}%"
+                for h in host if h + "_hidden" in r) + " |")
+    for r in rows.values():
+        for name in ("disk", "redis"):
+            key = f"{DEFAULT_STRATEGY}_{name}"
+            if key in r:
+                print(f"| {r['tokens']} | {DEFAULT_STRATEGY} with records from {name}: {r[key]:.1f} ms = "
+                      f"{r[key] / r['full']:.2f}x full (read + verify alone {r[name + '_read_ms']:.1f} ms) |")
     for ctx, r in rows.items():
         if "decode_tok_s" in r:
             print(f"decode after {specs[-1]} at {ctx} context: {r['decode_tok_s']:.0f} tokens/s")

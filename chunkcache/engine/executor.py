@@ -100,6 +100,7 @@ def partial_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: 
     for layer in range(s.n_layers):
         k_pre, v_buf, k_rot = ws.k_pre[layer], ws.values[layer], ws.k_rot[layer]
         q, k, v = model.qkv(layer, h)
+        ws.wait(layer)  # this layer's records, when they are still streaming in from host memory
         observed = plan.wants_observation(layer)
         cached = (k_pre[:, positions].clone(), v_buf[:, positions].clone()) if observed else None
         k_pre[:, positions] = k

@@ -98,6 +98,15 @@ def decide_and_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefi
     return req, decision, result, probed[0][1] if probed else None
 
 
+def for_prefill(record: ChunkRecord, device: torch.device, dtype: torch.dtype) -> ChunkRecord:
+    """``record`` ready for a prefill on ``device``: moved there in ``dtype``, except a record in pinned host
+    memory for a CUDA model, which the workspace streams in layer by layer while compute runs
+    (engine/workspace.py) instead of copying it up front."""
+    if device.type == "cuda" and record.keys[0].is_pinned():
+        return record
+    return record.to(device, dtype, non_blocking=True)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -136,7 +145,8 @@ class ReuseEngine:
 
     def candidates(self, chunk_ids: list[str], strategy: Strategy | None = None,
                    in_place: list[str] | None = None) -> list[list[ChunkRecord]]:
-        """Readable stored variants of each chunk, moved to the model's device and dtype: those ``strategy``
+        """Readable stored variants of each chunk, moved to the model's device and dtype (pinned host records
+        stay where they are: the workspace streams them in): those ``strategy``
         wants (``Strategy.wanted_variants``, chosen from variant names before loading), or all of them.
         ``in_place[i]`` names the variant of chunk i computed after exactly what precedes it in the request
         (default: after ``chunk_ids[:i]``, as in a ``template | chunks | question`` prompt)."""
@@ -149,7 +159,7 @@ class ReuseEngine:
             if strategy is not None:
                 names = strategy.wanted_variants(names, here)
             recs = (self.store.get(cid, v) for v in names)
-            out.append([r.to(dev, dt, non_blocking=True) for r in recs if r is not None])
+            out.append([for_prefill(r, dev, dt) for r in recs if r is not None])
         return out
 
     def prefill(self, chunks: list[list[int]], question_ids: list[int], strategy: Strategy,

@@ -8,6 +8,12 @@ a RoPE table. For a long context this placement moves more bytes than the plan c
 context on a Llama-3-8B shape is 4 GiB of K/V), so a request does it once: the question probe
 (engine/probe.py) and the plan then run over the same workspace.
 
+Records in pinned host memory (the host tier) are streamed in layer group by layer group on a side CUDA
+stream, each group rotated there as soon as it lands, while the first layers already compute: a pass waits
+(``wait``) only for the group of the layer it is about to read, so the copy hides behind compute (DESIGN
+section 4, layer-wise loading; LMCache and CacheBlend pipeline the same way). Elsewhere every record is
+placed before the first layer.
+
 Sharing is exact when every position a pass overwrote is recomputed by each later pass at every layer, so
 no later pass reads a probe's K/V as if cached; ``claim`` and ``check_kept`` enforce it (the question is
 always in a plan). Records are never written: the buffers are copies.
@@ -38,6 +44,7 @@ class Workspace:
     sources: tuple  # the prefix record and chunk records it was filled from
     written: torch.Tensor  # host positions some pass computed (their K/V are no longer the records')
     _inherited: torch.Tensor | None = None
+    events: list | None = None  # per layer: the CUDA event its streamed records landed on (None: all placed)
 
     @classmethod
     def build(cls, model: CausalLM, length: int, layout: Layout, prefix: ChunkRecord | None,
@@ -54,16 +61,25 @@ class Workspace:
         k_pre = torch.zeros(s.n_layers, s.n_kv_heads, length, s.head_dim, device=dev, dtype=dt)
         values = torch.zeros(s.n_layers, s.n_kv_heads, length + reserve, s.head_dim, device=dev, dtype=dt)
         k_rot = torch.empty_like(values)
-        for span, rec in [(layout.prefix, prefix)] + list(zip(layout.chunks, records)):
-            if rec is not None:  # from pinned host memory these copies are asynchronous
-                k_pre[:, :, span.start:span.end].copy_(rec.block("k"), non_blocking=True)
-                values[:, :, span.start:span.end].copy_(rec.block("v"), non_blocking=True)
+        sources = [(span, rec) for span, rec in [(layout.prefix, prefix)] + list(zip(layout.chunks, records))
+                   if rec is not None]
         kinds = [model.layer_type(i) for i in range(s.n_layers)]
-        for start, end in _runs(kinds):
-            cos, sin = rotary.get(kinds[start])
-            rope_rows(k_pre[start:end], cos, sin, place, out=k_rot[start:end, :, :length])
+        streamed = dev.type == "cuda" and any(rec.keys[0].device.type == "cpu" for _, rec in sources)
+        events = _stream_in(k_pre, values, k_rot, sources, kinds, rotary, place, length) if streamed else None
+        if not streamed:
+            _place(k_pre, values, k_rot, sources, kinds, rotary, place, length, range(s.n_layers))
         return cls(k_pre, values, k_rot, rotary, place, n_pos, (prefix, *records),
-                   torch.zeros(0, dtype=torch.long))
+                   torch.zeros(0, dtype=torch.long), events=events)
+
+    def wait(self, layer: int) -> None:
+        """Make the current stream wait until ``layer``'s records are placed (a no-op once waited for, and
+        when nothing streams)."""
+        if self.events is not None and self.events[layer] is not None:
+            torch.cuda.current_stream(self.k_pre.device).wait_event(self.events[layer])
+            for i in range(layer, len(self.events)):  # the rest of its group landed with it
+                if self.events[i] is not self.events[layer]:
+                    break
+                self.events[i] = None
 
     def serves(self, prefix: ChunkRecord | None, records: list[ChunkRecord | None],
                placement: Placement | None, capacity: int) -> bool:
@@ -89,6 +105,52 @@ class Workspace:
         if self._inherited is not None and self._inherited.numel() and \
                 not bool(torch.isin(self._inherited, positions).all()):
             raise ValueError("a plan over a shared workspace dropped a position an earlier pass wrote")
+
+
+LOAD_GROUP = 4  # layers streamed in per copy batch: enough to keep the copy engine busy, few launches
+
+
+def _place(k_pre: torch.Tensor, values: torch.Tensor, k_rot: torch.Tensor, sources: list, kinds: list,
+           rotary: RotaryTables, place: torch.Tensor | None, length: int, layers: range) -> None:
+    """Copy ``layers`` of every (span, record) in ``sources`` into the buffers and rotate their keys."""
+    a, b = layers.start, layers.stop
+    for span, rec in sources:  # from pinned host memory these copies are asynchronous
+        k_pre[a:b, :, span.start:span.end].copy_(rec.block("k")[a:b], non_blocking=True)
+        values[a:b, :, span.start:span.end].copy_(rec.block("v")[a:b], non_blocking=True)
+    for start, end in _runs(kinds[a:b]):
+        cos, sin = rotary.get(kinds[a + start])
+        rope_rows(k_pre[a + start:a + end], cos, sin, place, out=k_rot[a + start:a + end, :, :length])
+
+
+def _stream_in(k_pre: torch.Tensor, values: torch.Tensor, k_rot: torch.Tensor, sources: list, kinds: list,
+               rotary: RotaryTables, place: torch.Tensor | None, length: int) -> list:
+    """Place the records group by group on a side stream; return each layer's landing event."""
+    for kind in set(kinds):
+        rotary.get(kind)  # RoPE tables made on the main stream, before the side stream reads them
+    main = torch.cuda.current_stream(k_pre.device)
+    side = _copy_stream(k_pre.device)
+    side.wait_stream(main)  # the buffers' zero-fill and the RoPE tables come first
+    for buf in (k_pre, values, k_rot):
+        buf.record_stream(side)  # freed by the main stream, reused only after the side stream is done
+    events = []
+    with torch.cuda.stream(side):
+        for a in range(0, len(kinds), LOAD_GROUP):
+            b = min(a + LOAD_GROUP, len(kinds))
+            _place(k_pre, values, k_rot, sources, kinds, rotary, place, length, range(a, b))
+            event = torch.cuda.Event()
+            event.record(side)
+            events += [event] * (b - a)
+    return events
+
+
+_COPY_STREAMS: dict = {}
+
+
+def _copy_stream(device: torch.device):
+    """One side stream per device for streaming records in (created on first use)."""
+    if device not in _COPY_STREAMS:
+        _COPY_STREAMS[device] = torch.cuda.Stream(device)
+    return _COPY_STREAMS[device]
 
 
 def _positions(placement: Placement | None, length: int, device: torch.device) -> torch.Tensor | None:

@@ -136,3 +136,36 @@ def test_cuda_serving_engine_batches_to_the_single_request_tokens():
     for p, got in zip(prompts, served):
         pre = eng.reuse.prefill(p.chunks, p.question_ids, make_strategy("focus"), reserve=8)
         assert got == list(generate(model, pre.result, 8, eng.reuse.stop_ids)) and got
+
+
+def test_cuda_records_streamed_from_pinned_host_give_the_same_logits():
+    """Layer-wise streaming (engine/workspace.py): records in pinned host memory, copied in on a side stream
+    while the first layers compute, give bit for bit the logits of the same records already on the device,
+    for every strategy, through the probe and the plan that share the workspace."""
+    from chunkcache.engine.workspace import Workspace
+    from chunkcache.kv.record import host_copy
+
+    _, dev = _models(torch.bfloat16)
+    template = SyntheticTemplate(list(range(1, 17)))
+    gen = torch.Generator().manual_seed(5)
+    chunks = [torch.randint(0, 1000, (300,), generator=gen).tolist() for _ in range(3)]
+    ids, spans = list(template.prefix_ids), []
+    for c in chunks:
+        spans.append(Span(len(ids), len(ids) + 300))
+        ids += c
+    layout = Layout(Span(0, 16), spans, Span(len(ids), len(ids) + 8), ["a", "b", "c"])
+    ids = torch.tensor(ids + list(range(900, 908)), device=DEVICE)
+    prefix = template_record(dev, template, torch.bfloat16)
+    on_device = [isolated_record(dev, template, prefix, c, n, torch.bfloat16).to(DEVICE, torch.bfloat16)
+                 for c, n in zip(chunks, "abc")]
+    pinned = [r.to("cpu", torch.bfloat16) for r in on_device]
+    for r in pinned:
+        r.keys, r.values = host_copy(r.keys, pin=True), host_copy(r.values, pin=True)
+    ws = Workspace.build(dev, len(ids), layout, prefix, pinned, None, 0)
+    assert ws.events is not None  # it streamed
+    for spec in ("naive", "cacheblend", "focus", "prefix"):
+        out = []
+        for recs in (on_device, pinned):
+            _, _, res, _ = decide_and_prefill(dev, ids, layout, prefix, [[r] for r in recs], make_strategy(spec))
+            out.append(res.logits)
+        assert torch.equal(out[0], out[1]), spec
