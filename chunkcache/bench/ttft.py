@@ -151,7 +151,7 @@ def tier_rows(tiers: list[str], records: list, prefill, spec: str, repeats: int,
                         fd = os.open(path, os.O_RDONLY)
                         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                         os.close(fd)
-                return [tier.get(r.chunk_id) for r in records]
+                return tier.get_many([(r.chunk_id, "isolated") for r in records])
 
             out[f"{spec}_{name}"], _ = timed(lambda: prefill(spec, read_all()), repeats)
             out[f"{name}_read_ms"], _ = timed(read_all, repeats)

@@ -153,14 +153,13 @@ class ReuseEngine:
         dev, dt = self.model.device, self.model.dtype
         if in_place is None:
             in_place = [variant_name(chunk_ids[:i]) for i in range(len(chunk_ids))]
-        out = []
+        wanted = []
         for cid, here in zip(chunk_ids, in_place):
             names = self.store.variants(cid)
-            if strategy is not None:
-                names = strategy.wanted_variants(names, here)
-            recs = (self.store.get(cid, v) for v in names)
-            out.append([for_prefill(r, dev, dt) for r in recs if r is not None])
-        return out
+            wanted.append(strategy.wanted_variants(names, here) if strategy is not None else names)
+        keys = [(cid, v) for cid, names in zip(chunk_ids, wanted) for v in names]
+        fetched = iter(self.store.get_many(keys))  # one batched read: slow tiers fetch concurrently
+        return [[for_prefill(r, dev, dt) for r in (next(fetched) for _ in names) if r is not None] for names in wanted]
 
     def prefill(self, chunks: list[list[int]], question_ids: list[int], strategy: Strategy,
                 reserve: int = 0, capture_variants: bool = False) -> Prefilled:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
@@ -53,6 +54,18 @@ class CacheCounters:
         }
 
 
+FETCH_THREADS = 8  # concurrent reads of one request's records from a slow tier
+
+
+def fetch_concurrently(get, keys: list[tuple[str, str]]) -> list[ChunkRecord | None]:
+    """``get(chunk_id, variant)`` of every key on a few threads. File reads, socket reads and sha256 release
+    the GIL, so reads and checksum verification of several records overlap."""
+    if len(keys) < 2:
+        return [get(*key) for key in keys]
+    with ThreadPoolExecutor(min(FETCH_THREADS, len(keys))) as pool:
+        return list(pool.map(lambda key: get(*key), keys))
+
+
 class KVTier(ABC):
     """One storage tier of chunk KV records, keyed by (chunk id, variant).
 
@@ -63,6 +76,11 @@ class KVTier(ABC):
     @abstractmethod
     def get(self, chunk_id: str, variant: str = ISOLATED) -> ChunkRecord | None:
         """The stored record, or None on a miss (including an entry found corrupt and dropped)."""
+
+    def get_many(self, keys: list[tuple[str, str]]) -> list[ChunkRecord | None]:
+        """``get`` of every (chunk id, variant) in ``keys``, in order. Tiers that read slowly (disk, Redis) fetch
+        them concurrently: a request's records are read at once, not one after another."""
+        return [self.get(chunk_id, variant) for chunk_id, variant in keys]
 
     @abstractmethod
     def put(self, record: ChunkRecord) -> None:

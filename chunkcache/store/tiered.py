@@ -37,6 +37,23 @@ class TieredStore(KVTier):
         self.counters.add(misses=1)
         return None
 
+    def get_many(self, keys: list[tuple[str, str]]) -> list[ChunkRecord | None]:
+        """``get`` of every key, each tier asked once for all the keys the faster tiers missed (slow tiers then
+        read them concurrently); hits are promoted into the faster tiers."""
+        found: list[ChunkRecord | None] = [None] * len(keys)
+        for i, tier in enumerate(self.tiers):
+            todo = [j for j, rec in enumerate(found) if rec is None]
+            if not todo:
+                break
+            for j, record in zip(todo, tier.get_many([keys[j] for j in todo])):
+                if record is not None:
+                    found[j] = record
+                    for faster in self.tiers[:i]:
+                        faster.put(record)
+        hits = sum(rec is not None for rec in found)
+        self.counters.add(hits=hits, misses=len(keys) - hits)
+        return found
+
     def put(self, record: ChunkRecord) -> None:
         """Write ``record`` to every tier, slowest first."""
         for tier in reversed(self.tiers):

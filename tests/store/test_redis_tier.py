@@ -123,3 +123,16 @@ def test_bf16_and_fp32_records_round_trip_bit_exact(tier: RedisTier) -> None:
         got = tier.get(record.chunk_id)
         assert got.keys[0].dtype == dtype
         assert_same_record(got, record)
+
+
+def test_get_many_fetches_concurrently_in_order(tier: RedisTier) -> None:
+    records = [build_record(seed=s, tokens=64) for s in range(12)]
+    for record in records[::2]:
+        tier.put(record)
+    got = tier.get_many([(r.chunk_id, ISOLATED) for r in records])
+    for i, (record, want) in enumerate(zip(got, records)):
+        if i % 2:
+            assert record is None
+        else:
+            assert_same_record(record, want)
+    assert (tier.stats()["hits"], tier.stats()["misses"]) == (6, 6)

@@ -69,3 +69,21 @@ def test_stats_lists_tiers_fastest_first(tiers) -> None:
 def test_needs_a_tier() -> None:
     with pytest.raises(ValueError):
         TieredStore([])
+
+
+def test_get_many_reads_each_tier_once_for_what_faster_ones_missed(tiers) -> None:
+    memory, disk, store = tiers
+    in_memory, on_disk, absent = build_record(seed=1), build_record(seed=2), build_record(seed=3)
+    store.put(in_memory)
+    disk.put(on_disk)
+    variant = build_record(seed=2, prefix_ids=("p" * 64,))
+    disk.put(variant)
+    keys = [(on_disk.chunk_id, ISOLATED), (absent.chunk_id, ISOLATED), (in_memory.chunk_id, ISOLATED),
+            (variant.chunk_id, variant.variant)]
+    got = store.get_many(keys)
+    assert got[1] is None
+    for record, want in zip((got[0], got[2], got[3]), (on_disk, in_memory, variant)):
+        assert_same_record(record, want)
+    assert disk.stats()["hits"] == 2 and disk.stats()["misses"] == 1  # the memory hit never reached the disk
+    assert on_disk.chunk_id in memory and memory.variants(variant.chunk_id) == sorted([ISOLATED, variant.variant])
+    assert (store.stats()["hits"], store.stats()["misses"]) == (3, 1)
