@@ -197,9 +197,11 @@ class Engine:
         targets = [Path(p) for p in paths]
         require_paths(targets)  # before the lock and the embedder load
         with store_lock(self.root, timeout=600):
-            return ingest(targets, self.index, self.embedder, self._count_tokens, self._chunk_key,
-                          on_chunk_removed=self.reuse.store.delete, precompute=self._precompute,
-                          is_cached=self.kv.__contains__, progress=progress)
+            report = ingest(targets, self.index, self.embedder, self._count_tokens, self._chunk_key,
+                            on_chunk_removed=self.reuse.store.delete, precompute=self._precompute,
+                            is_cached=self.reuse.store.__contains__, progress=progress)
+            self.reuse.store.flush()  # every new record on disk (and Redis) before the lock is released
+            return report
 
     def remove_document(self, path: str | os.PathLike) -> list[str]:
         """Forget an ingested document: its vectors, and the records of its chunks that no other document
@@ -302,6 +304,7 @@ class Engine:
 
     def cache_stats(self) -> dict:
         """Records, bytes and hit rate of the disk tier, plus per-document chunk and cache counts."""
+        self.reuse.store.flush()
         docs: dict[str, dict[str, int]] = {}
         for doc in self.index.documents():
             hashes = self.index.document_chunk_hashes(doc)
@@ -310,11 +313,13 @@ class Engine:
 
     def cache_verify(self) -> dict:
         """Check every record checksum (bad ones are removed) and the index's consistency."""
+        self.reuse.store.flush()
         n_ok, bad = self.kv.verify()
         return {"records_ok": n_ok, "records_removed": bad, "index_problems": self.index.verify()}
 
     def cache_clear(self) -> int:
         """Remove every chunk record (the index stays; records are recomputed on demand). Returns count."""
+        self.reuse.store.flush()
         n = self.kv.stats()["records"]
         self.reuse.store.clear()
         return n
@@ -322,7 +327,7 @@ class Engine:
     def close(self) -> None:
         if self._index is not None:
             self._index.close()
-        self.kv.close()
+        self.reuse.store.close()  # finishes the background writes to disk and Redis first
 
     def __enter__(self) -> "Engine":
         return self

@@ -121,6 +121,9 @@ class KVTier(ABC):
         """A request reused this record and recomputed ``fraction`` of its tokens: input for value-based
         eviction (store/eviction/value.py); a no-op for tiers that do not evict."""
 
+    def flush(self) -> None:
+        """Wait until writes this tier made in the background are done (nothing by default)."""
+
     def close(self) -> None:
         """Release files or connections the tier holds (nothing by default)."""
 

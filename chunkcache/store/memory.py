@@ -66,6 +66,11 @@ class MemoryTier(KVTier):
         self.counters.add(hits=int(record is not None), misses=int(record is None))
         return record
 
+    def peek(self, chunk_id: str, variant: str = ISOLATED) -> ChunkRecord | None:
+        """The held record without counting a lookup or a use (for flow-down, not for requests)."""
+        with self._lock:
+            return self._entries.get((chunk_id, variant))
+
     def put(self, record: ChunkRecord) -> None:
         """Keep ``record`` in this tier's memory, evicting what the policy ranks lowest to fit."""
         held = self._place(record)

@@ -101,7 +101,8 @@ class TierSettings:
 
     def build(self, disk: DiskTier, device: torch.device | str = "cpu") -> TieredStore:
         """The tier stack, fastest first: accelerator (when ``device_bytes`` and a CUDA ``device``), host
-        memory, ``disk``, then Redis (when ``redis_url``)."""
+        memory, ``disk``, then Redis (when ``redis_url``); writes land in the fastest and flow down in the
+        background (store/flow.py)."""
         tiers: list[KVTier] = []
         if self.device_bytes and torch.device(device).type == "cuda":
             tiers.append(DeviceTier(self.device_bytes, device, self.eviction))
@@ -109,4 +110,4 @@ class TierSettings:
         tiers.append(disk)
         if self.redis_url:
             tiers.append(RedisTier(self.redis_url, disk.fingerprint))
-        return TieredStore(tiers)
+        return TieredStore(tiers, flow_down=True)

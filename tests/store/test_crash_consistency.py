@@ -1,5 +1,5 @@
-"""kill -9 in the middle of writing records through memory, disk and Redis leaves every tier consistent: each
-record is either absent or whole and verifiable, and every listed variant has its value."""
+"""kill -9 while records flow down from memory to disk and Redis in the background leaves every tier
+consistent: each record is either absent or whole and verifiable, and every listed variant has its value."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ sys.path.insert(0, sys.argv[3])
 from store_helpers import build_record
 from chunkcache.store import DiskTier, MemoryTier, RedisTier, TieredStore
 store = TieredStore([MemoryTier(1 << 20), DiskTier(sys.argv[1], "test-model-fingerprint"),
-                     RedisTier(sys.argv[2], "test-model-fingerprint")])
+                     RedisTier(sys.argv[2], "test-model-fingerprint")], flow_down=True)
 print("ready", flush=True)
 for i in range(100000):
     store.put(build_record(seed=i, layers=8, tokens=64, heads=4, head_dim=32))
@@ -31,7 +31,7 @@ def test_kill_9_mid_write_leaves_every_tier_consistent(tmp_path: Path, redis_ser
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(root), redis_server.url,
                              str(Path(__file__).parent)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
-    time.sleep(3)  # well into the write loop
+    time.sleep(3)  # well into the write loop, with writes queued and in flight on the flow-down thread
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     files = list((root / "records").rglob("*.safetensors"))
