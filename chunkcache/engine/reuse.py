@@ -161,6 +161,15 @@ class ReuseEngine:
         fetched = iter(self.store.get_many(keys))  # one batched read: slow tiers fetch concurrently
         return [[for_prefill(r, dev, dt) for r in (next(fetched) for _ in names) if r is not None] for names in wanted]
 
+    def _observe_repair(self, layout: Layout, decision) -> None:
+        """Tell the store what fraction of each reused record this request recomputed (at its first layer):
+        the r(c) of value-based eviction (store/eviction/value.py)."""
+        initial = decision.plan.initial.cpu()
+        for span, rec in zip(layout.chunks, decision.records):
+            if rec is not None and len(span):
+                inside = int(((initial >= span.start) & (initial < span.end)).sum())
+                self.store.observe_recompute(rec.chunk_id, rec.variant, inside / len(span))
+
     def prefill(self, chunks: list[list[int]], question_ids: list[int], strategy: Strategy,
                 reserve: int = 0, capture_variants: bool = False) -> Prefilled:
         """Assemble ``template prefix | chunks | question``, choose, run the partial prefill; store records for
@@ -192,6 +201,7 @@ class ReuseEngine:
                                                           reserve, stats)
         _sync(dev)
         t2 = time.perf_counter()
+        self._observe_repair(layout, decision)
         if learn:
             exact = decision.exact_chunks(req)  # after the prefill: a shrinking plan knows what it kept
             for rec in capture(self.fingerprint, result, ids, layout, decision.records, stats, learn, exact,

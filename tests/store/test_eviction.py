@@ -152,3 +152,22 @@ def test_memory_tier_pin_survives_pressure() -> None:
     for record in records:
         tier.put(record)
     assert records[0].chunk_id in tier and tier.stats()["pinned_chunks"] == 1
+
+
+def test_the_engine_reports_each_reused_chunks_repair_to_the_policy(smol) -> None:
+    """A request reusing records tells value-based eviction how much of each it recomputed."""
+    from chunkcache.engine.reuse import ReuseEngine
+    from chunkcache.strategies import make_strategy
+
+    policy = ValueBased()
+    engine = ReuseEngine(*smol, store=MemoryTier(1 << 28, policy))
+    chunks = [engine.encode_chunk(t)[1] for t in ("The ferry leaves at dawn.", "The market opens at four.")]
+    question = engine.template.encode_question("When does the ferry leave?")
+    for chunk in chunks:
+        engine.precompute(chunk)  # isolated records
+    engine.prefill(chunks, question, make_strategy("focus:ratio=0.5"))
+    observed = {key[0]: mean for key, (mean, n) in policy._recompute.items()}
+    assert set(observed) == {engine.chunk_id(c) for c in chunks}
+    first, second = (observed[engine.chunk_id(c)] for c in chunks)
+    assert first == 0.0  # isolated = exact in first place after the template: nothing to repair
+    assert 0 < second <= 1.0  # the other is repaired
