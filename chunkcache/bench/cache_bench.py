@@ -10,9 +10,10 @@ model's tokenizer. The trace (``workload.chunk_trace``) draws k chunks per query
 re-asks earlier chunk sets in shuffled orders; every query has its own question. The policy sweep replays it
 through the tiers' own eviction code (``cache_sim.py``) with records of ``--bytes-per-token`` (default:
 Llama-3-8B in bf16, 128 KiB a token); capacities are bytes or percentages of the bytes of every chunk the
-trace touches. ``--engine N`` replays the first N queries through the real engine (the model on ``--device``,
-a host tier of the first capacity scaled to the model's own record size, the policies in turn), timing each
-prefill with the default strategy and with ``full``, for TTFT and the gain over the trace.
+trace touches. ``--engine N`` replays the first N queries through the real engine (the model on ``--device``, or with
+``--model-shape llama3-8b`` a random-weight model of that shape for GPU timing; a host tier of the first
+capacity scaled to the model's own record size; the policies in turn), timing each prefill with the default
+strategy and with ``full``, for TTFT and the gain over the trace.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"eviction policies to compare ({', '.join(POLICIES)}; '{ORACLE}': the offline optimum, "
                         "as a reference)")
     p.add_argument("--capacities", default="2.5%,5%,10%,20%,40%,100%",
-                   help="cache sizes: bytes (4GB) or % of the bytes of every chunk the trace touches")
+                   help="cache sizes: bytes (4GB) or %% of the bytes of every chunk the trace touches")
     p.add_argument("--bytes-per-token", type=int, default=LLAMA3_8B_BYTES_PER_TOKEN)
     p.add_argument("--recompute", type=float, default=DEFAULT_RECOMPUTE,
                    help="fraction of a reused chunk's tokens the repair recomputes (default 0.15)")
@@ -53,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=100, help="queries per window of the over-the-trace view")
     p.add_argument("--engine", type=int, default=0, metavar="N", help="also replay N queries through the engine")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--model-shape", default=None, choices=["llama3-8b"],
+                   help="replay on a random-weight model of this shape with a word tokenizer (GPU timing)")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--plot", type=Path, default=None)
 
@@ -99,12 +102,12 @@ def engine_replay(args: argparse.Namespace, passages: list[str], queries: list[l
     """TTFT of the default strategy and of ``full`` over the first ``args.engine`` queries, per policy."""
     from tqdm import tqdm
 
+    from chunkcache.bench.inprocess_replay import load_lm
     from chunkcache.engine.reuse import ReuseEngine
-    from chunkcache.models.loader import load_model
     from chunkcache.store import MemoryTier
     from chunkcache.strategies import DEFAULT_STRATEGY, make_strategy
 
-    model, tok = load_model(args.model, device=args.device)
+    model, tok = load_lm(args.model, args.model_shape, args.device)
     probe = ReuseEngine(model, tok)
     per_token = probe.precompute(probe.template.encode_chunk(passages[0])).nbytes // len(
         probe.template.encode_chunk(passages[0]))
@@ -125,7 +128,8 @@ def engine_replay(args: argparse.Namespace, passages: list[str], queries: list[l
             pre = engine.prefill(ids, question, reuse)
             t2 = time.perf_counter()
             rows.append({"full_ms": (t1 - t0) * 1e3, "reuse_ms": (t2 - t1) * 1e3,
-                         "hit": pre.stats.chunks_hit / len(chosen), "recompute": pre.stats.recompute_fraction})
+                         "hit": pre.stats.chunks_hit / len(chosen), "recompute": pre.stats.recompute_fraction,
+                         **{f"{k}_ms": v for k, v in pre.stats.timings_ms.items()}})
         reuse_ms = [r["reuse_ms"] for r in rows]
         full_ms = [r["full_ms"] for r in rows]
         out["policies"][policy] = {
@@ -133,6 +137,8 @@ def engine_replay(args: argparse.Namespace, passages: list[str], queries: list[l
             "ttft_p95_ms": round(statistics.quantiles(reuse_ms, n=20)[-1], 1) if len(rows) >= 20 else None,
             "full_p50_ms": round(statistics.median(full_ms), 1),
             "hit_rate": round(statistics.fmean(r["hit"] for r in rows), 4),
+            "mean_ms": {k: round(statistics.fmean(r[k] for r in rows), 1)
+                        for k in rows[0] if k.endswith("_ms")},  # where a reuse request's time goes
             "gain_windows": [round(sum(full_ms[i:i + args.window]) / sum(reuse_ms[i:i + args.window]), 3)
                              for i in range(0, len(rows), args.window)],
             "hit_rate_windows": _windows([r["hit"] for r in rows], args.window),
@@ -150,7 +156,13 @@ def run(args: argparse.Namespace) -> dict:
     passages = pooled_passages(args.dataset)
     queries = chunk_trace(len(passages), args.queries, args.k, args.zipf, args.repeat, args.seed)
     examples = load_json(args.dataset or shared_data_dir() / "musique_dev.json")
-    template = PromptTemplate(AutoTokenizer.from_pretrained(resolve_model_dir(args.model), local_files_only=True))
+    if args.model_shape:  # the random-weight model's word tokenizer (its vocabulary is Llama-3's)
+        from chunkcache.bench.word_tokenizer import WordTokenizer
+
+        tokenizer = WordTokenizer(128256)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(args.model), local_files_only=True)
+    template = PromptTemplate(tokenizer)
     chunk_ids = [template.encode_chunk(p) for p in passages]
     questions = [f"{examples[q % len(examples)].question} (query {q})" for q in range(len(queries))]
     question_ids = [template.encode_question(text) for text in questions]
@@ -191,6 +203,7 @@ def table(result: dict) -> str:
         for policy, p in e["policies"].items():
             lines.append(f"  {policy}: TTFT p50 {p['ttft_p50_ms']} ms, p95 {p['ttft_p95_ms']} ms (full p50 "
                          f"{p['full_p50_ms']} ms), hit rate {p['hit_rate']:.3f}; gain per window {p['gain_windows']}")
+            lines.append(f"  {policy}: mean ms {p['mean_ms']}")
     return "\n".join(lines)
 
 
@@ -229,3 +242,15 @@ def command(args: argparse.Namespace) -> int:
     if args.plot:
         plot(result, args.plot)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m chunkcache.bench.cache_bench``: the same as ``chunkcache bench workload``, without the
+    quality benchmark's imports (for a GPU machine with only the engine's dependencies)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(p)
+    return command(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -183,11 +183,12 @@ class ReuseEngine:
             learn = list(range(len(chunks)))
         else:  # `full` computes everything and keeps nothing
             learn = [] if strategy.name == "full" else missed
-        return self.run(ids, layout, self.prefix, cands, strategy, learn, reserve=reserve, started=t0)
+        return self.run(ids, layout, self.prefix, cands, strategy, learn, reserve=reserve, started=t0,
+                        with_stats=strategy.uses_record_stats or capture_variants)  # variants serve Cache-Craft
 
     def run(self, ids: torch.Tensor, layout: Layout, prefix: ChunkRecord | None, cands: list[list[ChunkRecord]],
             strategy: Strategy, learn: list[int], reserve: int = 0, started: float | None = None,
-            with_stats: bool = True) -> Prefilled:
+            with_stats: bool = False) -> Prefilled:
         """Decide and run the partial prefill of an assembled prompt ``ids`` laid out as ``layout`` (after the
         template ``prefix`` record, or after nothing when None), each chunk's candidate records ``cands``
         already loaded; then capture the chunks ``learn`` as records. ``with_stats`` collects Cache-Craft

@@ -92,6 +92,10 @@ class Strategy(ABC):
     # The constructor parameter that sets how much is recomputed (what ``chunkcache calibrate`` tunes);
     # None for strategies with a fixed budget.
     budget_param: str | None = None
+    # Whether records this strategy captures should carry Cache-Craft's attention statistics (an explicit
+    # softmax over the computed rows at every layer, which costs more than the prefill at a few thousand
+    # tokens on a GPU); only strategies that read them ask for it.
+    uses_record_stats: bool = False
 
     def wanted_variants(self, stored: list[str], in_place: str) -> list[str]:
         """Which of a chunk's ``stored`` variant names to load, decided from names alone before any record

@@ -80,6 +80,7 @@ class CraftPlan(Plan):
 
 class CacheCraft(Strategy):
     name = "cachecraft"
+    uses_record_stats = True
     budget_param = "alpha"
 
     def __init__(self, alpha: float = 0.3) -> None:
