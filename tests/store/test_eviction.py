@@ -171,3 +171,19 @@ def test_the_engine_reports_each_reused_chunks_repair_to_the_policy(smol) -> Non
     first, second = (observed[engine.chunk_id(c)] for c in chunks)
     assert first == 0.0  # isolated = exact in first place after the template: nothing to repair
     assert 0 < second <= 1.0  # the other is repaired
+
+
+def test_value_admission_keeps_one_off_chunks_from_flushing_popular_ones() -> None:
+    policy = ValueBased(half_life=1e12)
+    r = _residency(policy, capacity=2000)
+    for name in ("hot1", "hot2"):
+        r.admit((name, "iso"), KB)
+        r.access((name, "iso"))  # two requests each
+    held, gone = r.admit(("once", "iso"), KB)  # one request: worth less than either
+    assert not held and gone == [] and ("hot1", "iso") in r and ("hot2", "iso") in r
+    held, _ = r.admit(("once", "iso"), KB)  # asked again: now as valuable as the victim, it gets in
+    assert held
+    lru = _residency(LRU(), capacity=2000)
+    for name in ("hot1", "hot2"):
+        lru.admit((name, "iso"), KB)
+    assert lru.admit(("once", "iso"), KB)[0]  # LRU admits everything

@@ -44,6 +44,11 @@ class EvictionPolicy(ABC):
     def victim(self) -> Hashable | None:
         """The entry to evict next (still tracked until :meth:`remove`), or None when there is none."""
 
+    def worth_admitting(self, key: Hashable, info: EntryInfo) -> bool:
+        """Whether ``key``, arriving at a full tier, should displace the current victim (True by default:
+        every new entry gets in)."""
+        return True
+
     def evicted(self, key: Hashable) -> None:
         """``key`` is being evicted (called before :meth:`remove`); aging policies advance their clock here."""
 
@@ -76,12 +81,16 @@ class Residency:
 
     def admit(self, key: tuple[str, str], info: EntryInfo) -> tuple[bool, list[tuple[str, str]]]:
         """Hold ``key`` (replacing a previous entry of that key); return (whether it is held, the keys evicted
-        to make room). A new entry always gets in (the policy ranks it from then on, as in GDSF), evicting
-        the lowest-ranked entries already held. A record that cannot fit — larger than the capacity, or than
-        what pinned entries leave — is not held, and nothing is evicted for it."""
+        to make room). When the tier is full, the policy decides whether the newcomer is worth its victim
+        (``worth_admitting``); if so it evicts the lowest-ranked entries already held. A record that cannot
+        fit — larger than the capacity, or than what pinned entries leave — is not held, and nothing is
+        evicted for it."""
         self.drop(key)
         pinned = sum(i.nbytes for k, i in self._sizes.items() if k[0] in self.pinned)
         if info.nbytes > self.capacity_bytes - (0 if key[0] in self.pinned else pinned):
+            return False, []
+        if (self.nbytes + info.nbytes > self.capacity_bytes and key[0] not in self.pinned
+                and not self.policy.worth_admitting(key, info)):
             return False, []
         gone = []
         while self.nbytes + info.nbytes > self.capacity_bytes:  # room first: a new entry is never its own victim
