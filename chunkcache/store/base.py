@@ -77,9 +77,13 @@ class KVTier(ABC):
     def get(self, chunk_id: str, variant: str = ISOLATED) -> ChunkRecord | None:
         """The stored record, or None on a miss (including an entry found corrupt and dropped)."""
 
+    # Tiers that read slowly (disk, Redis) set this: ``get_many`` then fetches a request's records at once.
+    concurrent_reads: bool = False
+
     def get_many(self, keys: list[tuple[str, str]]) -> list[ChunkRecord | None]:
-        """``get`` of every (chunk id, variant) in ``keys``, in order. Tiers that read slowly (disk, Redis) fetch
-        them concurrently: a request's records are read at once, not one after another."""
+        """``get`` of every (chunk id, variant) in ``keys``, in order; concurrently where ``concurrent_reads``."""
+        if self.concurrent_reads:
+            return fetch_concurrently(self.get, keys)
         return [self.get(chunk_id, variant) for chunk_id, variant in keys]
 
     @abstractmethod

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from chunkcache.kv.record import ISOLATED, ChunkRecord
-from chunkcache.store.base import KVTier, fetch_concurrently
+from chunkcache.store.base import KVTier
 from chunkcache.store.counters import SqliteCounters
 from chunkcache.store.format import (CorruptRecordError, read_layers, read_record, read_tokens, verify_file,
                                       write_record)
@@ -49,6 +49,8 @@ class DiskTier(KVTier):
     modification time) are dropped. The isolated variant and the one just written are never dropped,
     so a chunk can hold one more than ``max_variants`` when ``max_variants`` is 1.
     """
+
+    concurrent_reads = True
 
     def __init__(self, root: Path, fingerprint: str, max_variants: int = 4) -> None:
         if max_variants < 1:
@@ -81,10 +83,6 @@ class DiskTier(KVTier):
             return None
         self.counters.add(hits=1)
         return record
-
-    def get_many(self, keys: list[tuple[str, str]]) -> list[ChunkRecord | None]:
-        """Every record of ``keys``, read and verified concurrently (``fetch_concurrently``)."""
-        return fetch_concurrently(self.get, keys)
 
     def get_layers(
         self, chunk_id: str, variant: str, layers: Sequence[int], *, count_lookup: bool = False

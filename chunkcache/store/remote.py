@@ -35,7 +35,7 @@ import redis
 import torch
 
 from chunkcache.kv.record import ISOLATED, ChunkRecord
-from chunkcache.store.base import CacheCounters, KVTier, fetch_concurrently
+from chunkcache.store.base import CacheCounters, KVTier
 from chunkcache.store.format import CorruptRecordError, decode_record, encode_record
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class RedisTier(KVTier):
     """Records of one model (``fingerprint``) in the Redis at ``url`` (``redis://host:port/db``)."""
 
     tier_name = "redis"
+    concurrent_reads = True
 
     def __init__(self, url: str, fingerprint: str, namespace: str = "chunkcache", timeout_s: float = 2.0,
                  retry_s: float = 5.0) -> None:
@@ -88,10 +89,6 @@ class RedisTier(KVTier):
             return None
         self.counters.add(hits=1)
         return record
-
-    def get_many(self, keys: list[tuple[str, str]]) -> list[ChunkRecord | None]:
-        """Every record of ``keys``, fetched and verified concurrently over the connection pool."""
-        return fetch_concurrently(self.get, keys)
 
     def put(self, record: ChunkRecord) -> None:
         """Store ``record`` with its variant listed and its tokens, in one transaction (skipped while down)."""

@@ -35,6 +35,20 @@ def _models(dtype: torch.dtype) -> tuple[CausalLM, CausalLM]:
     return wrap(cpu), wrap(copy.deepcopy(cpu).to(DEVICE, dtype))
 
 
+def _prompt(seed: int) -> tuple[SyntheticTemplate, list[list[int]], torch.Tensor, Layout]:
+    """A 16-token template prefix, three random 300-token chunks, an 8-token question: template, chunks, ids
+    (on the CPU) and layout."""
+    template = SyntheticTemplate(list(range(1, 17)))
+    gen = torch.Generator().manual_seed(seed)
+    chunks = [torch.randint(0, 1000, (300,), generator=gen).tolist() for _ in range(3)]
+    ids, spans = list(template.prefix_ids), []
+    for c in chunks:
+        spans.append(Span(len(ids), len(ids) + 300))
+        ids += c
+    layout = Layout(Span(0, 16), spans, Span(len(ids), len(ids) + 8), ["a", "b", "c"])
+    return template, chunks, torch.tensor(ids + list(range(900, 908))), layout
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.float().cpu(), b.float().cpu()
     return ((a - b).norm() / b.norm()).item()
@@ -43,15 +57,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_full_matches_transformers_and_reuse_matches_cpu(dtype):
     cpu, dev = _models(dtype)
-    template = SyntheticTemplate(list(range(1, 17)))
-    gen = torch.Generator().manual_seed(1)
-    chunks = [torch.randint(0, 1000, (300,), generator=gen).tolist() for _ in range(3)]
-    ids, spans = list(template.prefix_ids), []
-    for c in chunks:
-        spans.append(Span(len(ids), len(ids) + 300))
-        ids += c
-    layout = Layout(Span(0, 16), spans, Span(len(ids), len(ids) + 8), ["a", "b", "c"])
-    ids = torch.tensor(ids + list(range(900, 908)))
+    template, chunks, ids, layout = _prompt(seed=1)
 
     with torch.inference_mode():
         ref = dev.hf(ids.to(DEVICE)[None]).logits[0, -1].float()
@@ -146,15 +152,8 @@ def test_cuda_records_streamed_from_pinned_host_give_the_same_logits():
     from chunkcache.kv.record import host_copy
 
     _, dev = _models(torch.bfloat16)
-    template = SyntheticTemplate(list(range(1, 17)))
-    gen = torch.Generator().manual_seed(5)
-    chunks = [torch.randint(0, 1000, (300,), generator=gen).tolist() for _ in range(3)]
-    ids, spans = list(template.prefix_ids), []
-    for c in chunks:
-        spans.append(Span(len(ids), len(ids) + 300))
-        ids += c
-    layout = Layout(Span(0, 16), spans, Span(len(ids), len(ids) + 8), ["a", "b", "c"])
-    ids = torch.tensor(ids + list(range(900, 908)), device=DEVICE)
+    template, chunks, ids, layout = _prompt(seed=5)
+    ids = ids.to(DEVICE)
     prefix = template_record(dev, template, torch.bfloat16)
     on_device = [isolated_record(dev, template, prefix, c, n, torch.bfloat16).to(DEVICE, torch.bfloat16)
                  for c, n in zip(chunks, "abc")]
