@@ -22,6 +22,9 @@ import torch
 MAX_STOP_STRINGS = 4
 
 
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1  # what torch.Generator.manual_seed takes
+
+
 @dataclass(frozen=True)
 class GenParams:
     """How to generate: OpenAI's ``max_tokens``, ``temperature`` (0: greedy), ``top_p``, ``seed``, ``stop``."""
@@ -43,6 +46,8 @@ class GenParams:
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
         if any(not s for s in self.stop):
             raise ValueError("a stop string must not be empty")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed must be a 64-bit integer, in [{SEED_MIN}, {SEED_MAX}], got {self.seed}")
 
 
 @dataclass(frozen=True)

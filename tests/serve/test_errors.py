@@ -38,6 +38,20 @@ def test_schema_violations_are_400_naming_the_field(server: Server, model_id: st
         assert err["param"] == "messages"
 
 
+def test_a_seed_beyond_64_bits_is_400(server: Server, model_id: str) -> None:
+    """Found by the fuzzer: a seed torch cannot take used to fail the engine step, and with it every request
+    in flight. Now it is refused up front, and the largest 64-bit seeds work."""
+    with server.http() as http:
+        for path, body in (("/v1/rag/query", {"question": "q", "temperature": 0.5}),
+                           ("/v1/completions", {"model": model_id, "prompt": "a", "temperature": 0.5})):
+            err = _error(http.post(path, json={**body, "seed": -8554616736225789214720, "max_tokens": 2}), 400)
+            assert err["param"] == "seed"
+        for seed in (-(1 << 63), (1 << 64) - 1):
+            r = http.post("/v1/completions", json={"model": model_id, "prompt": "a", "temperature": 0.5,
+                                                   "seed": seed, "max_tokens": 2})
+            assert r.status_code == 200, r.text
+
+
 def test_n_other_than_one_is_400(server: Server, model_id: str) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         server.client().chat.completions.create(model=model_id, messages=[{"role": "user", "content": "hi"}], n=2)
