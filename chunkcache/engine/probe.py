@@ -20,7 +20,7 @@ from chunkcache.engine.prompt import Layout
 from chunkcache.engine.workspace import Workspace
 from chunkcache.kv.record import ChunkRecord
 from chunkcache.models.base import CausalLM, Placement
-from chunkcache.strategies.ape import PlacedPlan
+from chunkcache.strategies.layouts import PlacedPlan
 from chunkcache.strategies.base import Plan
 
 

@@ -35,12 +35,14 @@ class Span:
 
 @dataclass
 class Layout:
-    """Where each part of an assembled prompt sits. ``chunk_ids[i]`` is the cache identity of chunk i."""
+    """Where each part of an assembled prompt sits. ``chunk_ids[i]`` is the cache identity of chunk i;
+    ``edges`` are (source, target) chunk index pairs of a structured request (strategies/graph.py)."""
 
     prefix: Span
     chunks: list[Span]
     question: Span
     chunk_ids: list[str] = field(default_factory=list)
+    edges: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def length(self) -> int:

@@ -73,6 +73,7 @@ class Prefilled:
     decision: Decision
     result: PrefillResult
     stats: RequestStats
+    order: list[int] | None = None  # prompt chunk k is the caller's chunk order[k] (ReuseEngine.prefill)
 
 
 def decide_and_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: ChunkRecord | None,
@@ -171,20 +172,30 @@ class ReuseEngine:
                 self.store.observe_recompute(rec.chunk_id, rec.variant, inside / len(span))
 
     def prefill(self, chunks: list[list[int]], question_ids: list[int], strategy: Strategy,
-                reserve: int = 0, capture_variants: bool = False) -> Prefilled:
+                reserve: int = 0, capture_variants: bool = False,
+                edges: list[tuple[int, int]] | None = None) -> Prefilled:
         """Assemble ``template prefix | chunks | question``, choose, run the partial prefill; store records for
-        missed chunks (and, with ``capture_variants``, every chunk's in-context variant)."""
+        missed chunks (and, with ``capture_variants``, every chunk's in-context variant). The strategy may
+        reorder the chunks and honour ``edges`` (source, target) between them (``Strategy.arrange``);
+        ``Prefilled.order`` maps prompt order back to the caller's."""
         t0 = time.perf_counter()
-        chunk_ids = [self.chunk_id(c) for c in chunks]
-        ids, layout = self.template.assemble(chunks, question_ids, chunk_ids)
-        cands = self.candidates(chunk_ids, strategy) if strategy.name != "full" else [[] for _ in chunks]
+        given = [self.chunk_id(c) for c in chunks]
+        order, kept = strategy.arrange(given, list(edges or []))
+        where = {i: k for k, i in enumerate(order)}
+        chunk_ids = [given[i] for i in order]
+        ids, layout = self.template.assemble([chunks[i] for i in order], question_ids, chunk_ids)
+        layout.edges = sorted((where[s], where[t]) for s, t in kept)
+        cands = self.candidates(chunk_ids, strategy, strategy.in_place_variants(layout)) \
+            if strategy.name != "full" else [[] for _ in chunks]
         missed = [i for i, c in enumerate(cands) if not c]
         if capture_variants:
             learn = list(range(len(chunks)))
         else:  # `full` computes everything and keeps nothing
             learn = [] if strategy.name == "full" else missed
-        return self.run(ids, layout, self.prefix, cands, strategy, learn, reserve=reserve, started=t0,
-                        with_stats=strategy.uses_record_stats or capture_variants)  # variants serve Cache-Craft
+        pre = self.run(ids, layout, self.prefix, cands, strategy, learn, reserve=reserve, started=t0,
+                       with_stats=strategy.uses_record_stats or capture_variants)  # variants serve Cache-Craft
+        pre.order = order
+        return pre
 
     def run(self, ids: torch.Tensor, layout: Layout, prefix: ChunkRecord | None, cands: list[list[ChunkRecord]],
             strategy: Strategy, learn: list[int], reserve: int = 0, started: float | None = None,
@@ -204,8 +215,8 @@ class ReuseEngine:
         t2 = time.perf_counter()
         self._observe_repair(layout, decision)
         if learn:
-            exact = decision.exact_chunks(req)  # after the prefill: a shrinking plan knows what it kept
-            for rec in capture(self.fingerprint, result, ids, layout, decision.records, stats, learn, exact,
+            identities = decision.identities(req)  # after the prefill: a shrinking plan knows what it kept
+            for rec in capture(self.fingerprint, result, ids, layout, decision.records, stats, learn, identities,
                                self.store_dtype):
                 self.store.put(rec)
         missed = sum(1 for c in cands if not c)

@@ -72,15 +72,19 @@ def isolated_record(model: CausalLM, template: PromptTemplate, prefix: ChunkReco
 
 def capture(fingerprint: str, result: PrefillResult, ids: torch.Tensor, layout: Layout,
             used: list[ChunkRecord | None], stats: AttentionStats | None, indices: list[int],
-            exact: list[bool], dtype: torch.dtype = STORE_DTYPE) -> list[ChunkRecord]:
-    """Variants of the request's chunks ``indices`` as computed in context (chunk 0 sits right after the
-    template prefix, so what is captured for it is its isolated record); ``exact[i]`` says whether chunk i's
-    states in this request are exact. Chunks none of whose tokens were recomputed are skipped: their states
+            identities: list[tuple[list[str], bool] | None], dtype: torch.dtype = STORE_DTYPE) -> list[ChunkRecord]:
+    """Variants of the request's chunks ``indices`` as computed in context; ``identities[i]`` is (prefix ids,
+    exact) of chunk i's states in this request (``Decision.identities``: for a sequential prompt the chunks
+    before it, so chunk 0, right after the template prefix, is captured as its isolated record), and None
+    skips the chunk. Chunks none of whose tokens were recomputed are skipped: their states
     are the reused record's. Without ``stats`` a variant keeps no statistics and
     Cache-Craft treats it with CCI 1. Statistics of layers/tokens that were not recomputed are taken from
     the layers/tokens that were (layer mean) or from the reused record (per-token outside attention)."""
     out = []
     for i in indices:
+        if identities[i] is None:
+            continue
+        prefix_ids, exact = identities[i]
         span = layout.chunks[i]
         src = used[i]
         inter = intra = outside = None
@@ -95,7 +99,7 @@ def capture(fingerprint: str, result: PrefillResult, ids: torch.Tensor, layout: 
         keys, values = _slice(result, span, dtype)
         token_ids = ids[span.start:span.end].tolist()
         out.append(ChunkRecord(layout.chunk_ids[i], token_ids, keys, values, fingerprint,
-                               list(layout.chunk_ids[:i]), inter, intra, outside, exact=exact[i]))
+                               list(prefix_ids), inter, intra, outside, exact=exact))
     return out
 
 

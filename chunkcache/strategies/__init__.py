@@ -9,11 +9,13 @@ from chunkcache.strategies.cachecraft import CacheCraft
 from chunkcache.strategies.epic import Epic
 from chunkcache.strategies.focus import Focus
 from chunkcache.strategies.full import Full
+from chunkcache.strategies.graph import Graph
 from chunkcache.strategies.naive import Naive
+from chunkcache.strategies.parallel import Parallel
 from chunkcache.strategies.prefix import Prefix
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Full, Prefix, Naive, Epic, CacheBlend, CacheCraft, Focus, APE)
+    cls.name: cls for cls in (Full, Prefix, Naive, Epic, CacheBlend, CacheCraft, Focus, APE, Parallel, Graph)
 }
 DEFAULT_STRATEGY = "focus"
 

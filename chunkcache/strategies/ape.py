@@ -44,40 +44,8 @@ from __future__ import annotations
 import torch
 
 from chunkcache.kv.record import ISOLATED, ChunkRecord
-from chunkcache.models.base import Placement
 from chunkcache.strategies.base import Plan, Request, Strategy
-
-
-class PlacedPlan(Plan):
-    """A static plan whose prompt the executor lays out with ``placement`` (models/base.py)."""
-
-    def __init__(self, initial: torch.Tensor, placement: Placement) -> None:
-        super().__init__(initial)
-        self.placement = placement
-
-
-def parallel_placement(req: Request, temperature: float, scale: float) -> Placement:
-    """Parallel encoding of ``req.layout``: every chunk at the positions right after the template prefix,
-    seeing only the prefix and itself; the question after the longest chunk, seeing everything, with
-    attention temperature ``temperature`` and scale ``scale`` on the chunk tokens."""
-    layout = req.layout
-    p = layout.prefix.end
-    n = len(layout.chunks)
-    positions = torch.arange(layout.length)
-    groups = torch.zeros(layout.length, dtype=torch.long)
-    context = torch.zeros(layout.length, dtype=torch.bool)
-    for i, span in enumerate(layout.chunks):
-        positions[span.start:span.end] = torch.arange(p, p + len(span))
-        groups[span.start:span.end] = i + 1
-        context[span.start:span.end] = True
-    longest = max((len(span) for span in layout.chunks), default=0)
-    q = layout.question
-    positions[q.start:q.end] = torch.arange(p + longest, p + longest + len(q))
-    groups[q.start:q.end] = n + 1
-    sees = torch.eye(n + 2, dtype=torch.bool)
-    sees[:, 0] = True  # everyone sees the shared prefix
-    sees[n + 1] = True  # the question sees every chunk
-    return Placement(positions, groups, sees, context, temperature, scale)
+from chunkcache.strategies.layouts import PlacedPlan, graph_placement, parallel_identities
 
 
 class APE(Strategy):
@@ -96,4 +64,4 @@ class APE(Strategy):
         return [next((c for c in cands if not c.prefix_ids), None) for cands in req.candidates]
 
     def select(self, req: Request, records: list[ChunkRecord | None], must: torch.Tensor) -> Plan:
-        return PlacedPlan(must, parallel_placement(req, self.T, self.S))
+        return PlacedPlan(must, graph_placement(req.layout, None, self.T, self.S), parallel_identities(req.layout))

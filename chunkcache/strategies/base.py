@@ -84,6 +84,15 @@ class Decision:
             out.append(ok)
         return out
 
+    def identities(self, req: Request) -> list[tuple[list[str], bool]]:
+        """Per chunk, the variant its states in this request would be captured as: (prefix ids, exact), or
+        None where they may not be captured. A sequential prompt's chunk i is the variant after the chunks
+        before it, exact as ``exact_chunks`` says; a placed plan (strategies/layouts.py) says its own."""
+        own = getattr(self.plan, "identities", None)
+        if own is not None:
+            return own
+        return [(req.chunk_prefix_ids(i), e) for i, e in enumerate(self.exact_chunks(req))]
+
 
 class Strategy(ABC):
     """Base class: subclasses set ``name`` and implement ``select`` (and may override ``choose_variants``)."""
@@ -96,6 +105,17 @@ class Strategy(ABC):
     # softmax over the computed rows at every layer, which costs more than the prefill at a few thousand
     # tokens on a GPU); only strategies that read them ask for it.
     uses_record_stats: bool = False
+
+    def arrange(self, chunk_ids: list[str], edges: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+        """(order, edges): the order the chunks take in the prompt (indices into ``chunk_ids``) and the
+        (source, target) edges the strategy honours, in the caller's indices. By default the caller's
+        order and no edges; layouts that are order-invariant or structured override it."""
+        return list(range(len(chunk_ids))), []
+
+    def in_place_variants(self, layout: Layout) -> list[str] | None:
+        """Per chunk, the name of the variant that would be exact where it sits in ``layout``; None: the one
+        computed after exactly the chunks before it (a sequential prompt)."""
+        return None
 
     def wanted_variants(self, stored: list[str], in_place: str) -> list[str]:
         """Which of a chunk's ``stored`` variant names to load, decided from names alone before any record

@@ -12,8 +12,8 @@ from chunkcache.kv.build import isolated_record
 from chunkcache.kv.record import ChunkRecord
 from chunkcache.models.base import AttentionMod
 from chunkcache.strategies import make_strategy
-from chunkcache.strategies.ape import PlacedPlan
 from chunkcache.strategies.base import Request
+from chunkcache.strategies.layouts import PlacedPlan
 
 PASSAGES = [
     "Title: Ob River\nThe Ob is a major river in western Siberia. Its largest tributary is the Irtysh.\n\n",
