@@ -27,6 +27,7 @@ from chunkcache.engine.reuse import ReuseEngine
 from chunkcache.models.loader import DEFAULT_MODEL, canonical_name, load_model
 from chunkcache.rag import Embedder, Hit, IngestReport, VectorIndex, ingest, require_paths
 from chunkcache.rag.ingest import document_key
+from chunkcache.rag.links import chunk_edges
 from chunkcache.store import DiskTier, TierSettings, store_lock
 from chunkcache.strategies import DEFAULT_STRATEGY, make_strategy
 
@@ -35,6 +36,7 @@ DEFAULT_STORE = ".chunkcache"
 MANIFEST = "store.json"
 CALIBRATION = "calibration"  # store.json key of the saved calibration record
 PINNED = "pinned"  # store.json key of the pinned documents' keys
+STRUCTURES = (None, "sequential", "parallel", "graph")  # how ``ask`` lays out the retrieved chunks
 
 
 class StoreMismatchError(ValueError):
@@ -254,14 +256,26 @@ class Engine:
         return hits, chunks, self.reuse.template.encode_question(question)
 
     def ask(self, question: str, k: int | None = None, strategy: str | None = None,
-            on_text: Callable[[str], None] | None = None, sampling: Sampling = Sampling()) -> Answer:
+            on_text: Callable[[str], None] | None = None, sampling: Sampling = Sampling(),
+            structure: str | None = None) -> Answer:
         """Retrieve, assemble, reuse caches, answer. ``on_text`` receives the answer as it streams.
-        ``strategy`` (a spec) overrides the engine's strategy for this question."""
+        ``strategy`` (a spec) overrides the engine's strategy for this question. ``structure`` lays the
+        chunks out as one ``sequential`` prompt (the strategy's way), in ``parallel`` (order-invariant,
+        strategies/parallel.py) or as a ``graph`` of the links and code definitions between them
+        (rag/links.py, strategies/graph.py)."""
+        if structure not in STRUCTURES:
+            raise ValueError(f"unknown structure {structure!r}; choose from {', '.join(STRUCTURES[1:])}")
+        if structure not in (None, "sequential"):
+            if strategy and make_strategy(strategy).name != structure:
+                raise ValueError(f"--structure {structure} lays chunks out with the {structure} strategy; "
+                                 f"drop --strategy {strategy} or --structure")
+            strategy = strategy or structure
         t0 = time.perf_counter()
         hits, chunks, q = self.prompt(question, k)
         t1 = time.perf_counter()
         strat = make_strategy(strategy) if strategy else self.strategy
-        pre = self.reuse.prefill(chunks, q, strat, reserve=self.max_new_tokens)
+        edges = chunk_edges(hits) if strat.name == "graph" else []
+        pre = self.reuse.prefill(chunks, q, strat, reserve=self.max_new_tokens, edges=edges)
         tokens: list[int] = []
         shown = ""
         ttft = None
@@ -280,6 +294,7 @@ class Engine:
         stats["strategy_source"] = "explicit" if strategy else self.strategy_source
         stats["ttft_ms"] = round(ttft if ttft is not None else (t2 - t0) * 1e3, 1)
         stats["new_tokens"] = len(tokens)
+        stats["edges"] = len(pre.layout.edges)
         stats["timings_ms"] = {"retrieve": round((t1 - t0) * 1e3, 1), **stats["timings_ms"],
                                "decode": round((t2 - t1) * 1e3 - sum(pre.stats.timings_ms.values()), 1),
                                "total": round((t2 - t0) * 1e3, 1)}

@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("-k", type=int, default=5, help="chunks to retrieve (default 5)")
     ask.add_argument("--max-new-tokens", type=int, default=128)
     ask.add_argument("--json", action="store_true", help="print one JSON object (answer, citations, stats)")
+    ask.add_argument("--structure", default=None, choices=["sequential", "parallel", "graph"],
+                     help="lay the chunks out as one sequence (default), in parallel (order-invariant, no "
+                          "repair), or as a graph of their links and code definitions (a chunk reads the "
+                          "chunks it links to or whose definitions it uses)")
     _engine_args(ask, strategy=True)
 
     cache = sub.add_parser("cache", help="inspect or maintain the chunk caches")
@@ -113,7 +117,7 @@ def _ask(args: argparse.Namespace) -> int:
         raise ValueError("-k must be at least 1")
     stream = None if args.json else (lambda s: print(s, end="", flush=True))
     with _engine(args, strategy=args.strategy, k=args.k, max_new_tokens=args.max_new_tokens) as eng:
-        ans = eng.ask(args.question, on_text=stream)
+        ans = eng.ask(args.question, on_text=stream, structure=args.structure)
     if args.json:
         print(json.dumps(ans.to_dict(), indent=2))
         return 0
@@ -124,7 +128,8 @@ def _ask(args: argparse.Namespace) -> int:
     t = s["timings_ms"]
     print(f"\nTTFT {s['ttft_ms']:.0f} ms | strategy {s['strategy_spec']} ({s['strategy_source']}) | "
           f"chunks {s['chunks_hit']} hit, {s['chunks_missed']} missed | tokens {s['tokens_reused']} reused, "
-          f"{s['tokens_recomputed']} recomputed ({100 * s['recompute_fraction']:.1f}%)")
+          f"{s['tokens_recomputed']} recomputed ({100 * s['recompute_fraction']:.1f}%)"
+          + (f" | {s['edges']} edges" if s["edges"] else ""))
     print("time: " + ", ".join(f"{k} {v:.0f} ms" for k, v in t.items()))
     return 0
 
