@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cache_bench.add_arguments(modes.add_parser("workload", help="cache tiers and eviction policies under a Zipf "
                                                                "chunk-reuse trace, against exact prefix caching"))
     p.add_argument("--dataset", default=None,
-                   help="(required) musique, needle, multihop, or a JSON file in the musique format")
+                   help="(required) musique, needle, multihop, linked (multihop with the links between its pages, for the graph strategy), or a JSON file in the musique format")
     p.add_argument("--strategies", default=DEFAULT_STRATEGIES,
                    help="comma-separated specs: name or name:param=value (e.g. cacheblend:ratio=0.3)")
     p.add_argument("--limit", type=int, default=None, help="use the first N examples")

@@ -3,7 +3,8 @@
 
 Format (DESIGN section 6): a JSON list of ``{"question": str, "answers": [str], "ctxs": [{"title": str,
 "text": str}, ...]}``, optionally with ``"answer_pattern"``: a regular expression whose first match in a
-prediction is the extracted answer that accuracy compares with the gold answers. Every context passage
+prediction is the extracted answer that accuracy compares with the gold answers, and ``"edges"``: [[source,
+target], ...] passage indices, links that the ``graph`` strategy lets a target read. Every context passage
 becomes one chunk.
 
 The synthetic sets are deterministic for a seed, and their target passages are never the first chunk: the
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -26,6 +27,7 @@ class Example:
     answers: list[str]
     passages: list[str]  # chunk texts, in prompt order
     answer_pattern: str | None = None  # regex: accuracy compares its first match with the gold answers
+    edges: list[tuple[int, int]] = field(default_factory=list)  # (source, target) passage indices: links
 
 
 def passage_text(title: str, text: str) -> str:
@@ -62,8 +64,11 @@ def load_json(path: Path) -> list[Example]:
         try:
             ctxs = [passage_text(c.get("title", ""), c["text"]) for c in row["ctxs"]]
             pattern = row.get("answer_pattern")
+            edges = [(int(s), int(t)) for s, t in row.get("edges", [])]
+            if any(not (0 <= i < len(ctxs)) for e in edges for i in e):
+                raise ValueError(f"{path}: example {n} has an edge outside its {len(ctxs)} passages")
             out.append(Example(str(row["question"]), [str(a) for a in row["answers"]], ctxs,
-                               str(pattern) if pattern else None))
+                               str(pattern) if pattern else None, edges))
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"{path}: example {n} lacks question/answers/ctxs[].text ({e})") from None
     return out
@@ -232,7 +237,7 @@ def _geo(rng: random.Random, city: str, country: str) -> str:
     return passage_text(city, f"{f[0]} {fact} {f[1]}")
 
 
-def multihop(n: int = 50, seed: int = 0) -> list[Example]:
+def multihop(n: int = 50, seed: int = 0, links: bool = False) -> list[Example]:
     """Two-hop bridge QA: "In which country was <person> born?" needs the person's passage (birth city) and
     the city's passage (its country).
 
@@ -241,7 +246,11 @@ def multihop(n: int = 50, seed: int = 0) -> list[Example]:
     passage for each of the four cities involved, all in different countries. The traps have the question's
     shape: the target's work city, the namesakes' birth cities (each with its country stated), and a namesake
     who works in the target's birth city. The target's biography and its birth city's passage are never first.
-    Accuracy extracts the first country named (``answer_pattern``)."""
+    Accuracy extracts the first country named (``answer_pattern``).
+
+    ``links``: the ``linked`` set, the same examples with the links a wiki would have: every city a
+    biography names links to that city's passage (edges city -> biography, so under ``graph`` a biography
+    reads the pages of the cities it names)."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -258,16 +267,20 @@ def multihop(n: int = 50, seed: int = 0) -> list[Example]:
         geos = [_geo(rng, c, countries[c]) for c in cities]
         texts = _first_never_target(rng, [bios[0], geos[0]], bios[1:] + geos[1:])
         question = rng.choice(MULTIHOP_QUESTIONS).format(p=target)
-        out.append(Example(question, [countries[cities[0]]], texts, COUNTRY_PATTERN))
+        named = [(0, 1), (2, 0), (3, 1)]  # the cities each biography names: birth, work
+        edges = sorted((texts.index(geos[c]), texts.index(bio)) for bio, cs in zip(bios, named) for c in cs)
+        out.append(Example(question, [countries[cities[0]]], texts, COUNTRY_PATTERN, edges if links else []))
     return out
 
 
 def load_dataset(name_or_path: str) -> tuple[str, list[Example]]:
-    """(dataset name, examples) for ``musique``, ``needle``, ``multihop`` or a JSON path."""
+    """(dataset name, examples) for ``musique``, ``needle``, ``multihop``, ``linked`` or a JSON path."""
     if name_or_path == "needle":
         return "needle", needle()
     if name_or_path == "multihop":
         return "multihop", multihop()
+    if name_or_path == "linked":
+        return "linked", multihop(links=True)
     if name_or_path == "musique":
         return "musique", load_json(shared_data_dir() / "musique_dev.json")
     return Path(name_or_path).stem, load_json(Path(name_or_path))

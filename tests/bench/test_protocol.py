@@ -96,6 +96,23 @@ def test_multihop_needs_both_hops():
     assert name == "multihop" and len(rows) == 50
 
 
+def test_linked_is_multihop_with_the_links_between_its_pages(tmp_path):
+    plain, linked = multihop(20), multihop(20, links=True)
+    for a, b in zip(plain, linked):
+        assert (a.question, a.passages, a.edges) == (b.question, b.passages, [])
+        targets = [t for _, t in b.edges]
+        assert sorted(set(targets)) == sorted(i for i, p in enumerate(b.passages) if " born " in p or "Born" in p)
+        assert all(targets.count(t) == 2 for t in targets)  # a biography links its birth and work cities
+        for s, t in b.edges:
+            city = b.passages[s].split("\n")[0].removeprefix("Title: ")
+            assert city in b.passages[t] and city not in b.passages[t].split("\n")[0]
+    assert load_dataset("linked")[0] == "linked"
+    path = tmp_path / "bad.json"
+    path.write_text('[{"question": "q", "answers": ["a"], "ctxs": [{"text": "x"}], "edges": [[0, 1]]}]')
+    with pytest.raises(ValueError, match="edge outside"):
+        load_dataset(str(path))
+
+
 def test_table_shows_paired_intervals():
     out = table({"full": {"f1": 0.5, "f1_diff_vs_full": 0.0, "f1_diff_ci95": [0.0, 0.0]},
                  "naive": {"f1": 0.4, "accuracy_diff_vs_full": -0.06, "accuracy_diff_ci95": [-0.131, 0.011]}})
