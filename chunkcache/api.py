@@ -28,6 +28,7 @@ from chunkcache.models.loader import DEFAULT_MODEL, canonical_name, load_model
 from chunkcache.rag import Embedder, Hit, IngestReport, VectorIndex, ingest, require_paths
 from chunkcache.rag.ingest import document_key
 from chunkcache.rag.links import chunk_edges
+from chunkcache.rag.select import Candidate, select_chunks
 from chunkcache.store import DiskTier, TierSettings, store_lock
 from chunkcache.strategies import DEFAULT_STRATEGY, make_strategy
 
@@ -257,12 +258,15 @@ class Engine:
 
     def ask(self, question: str, k: int | None = None, strategy: str | None = None,
             on_text: Callable[[str], None] | None = None, sampling: Sampling = Sampling(),
-            structure: str | None = None) -> Answer:
+            structure: str | None = None, budget_tokens: int | None = None,
+            budget_ms: float | None = None) -> Answer:
         """Retrieve, assemble, reuse caches, answer. ``on_text`` receives the answer as it streams.
         ``strategy`` (a spec) overrides the engine's strategy for this question. ``structure`` lays the
         chunks out as one ``sequential`` prompt (the strategy's way), in ``parallel`` (order-invariant,
         strategies/parallel.py) or as a ``graph`` of the links and code definitions between them
-        (rag/links.py, strategies/graph.py)."""
+        (rag/links.py, strategies/graph.py). ``budget_tokens`` or ``budget_ms`` replace top-k by a choice among
+        more candidates under a prefill-cost budget, where a cached chunk costs only what the strategy
+        recomputes of it (rag/select.py); ``stats["selection"]`` reports it."""
         if structure not in STRUCTURES:
             raise ValueError(f"unknown structure {structure!r}; choose from {', '.join(STRUCTURES[1:])}")
         if structure not in (None, "sequential"):
@@ -270,10 +274,16 @@ class Engine:
                 raise ValueError(f"--structure {structure} lays chunks out with the {structure} strategy; "
                                  f"drop --strategy {strategy} or --structure")
             strategy = strategy or structure
+        if budget_tokens is not None and budget_ms is not None:
+            raise ValueError("give a budget in tokens or in milliseconds, not both")
         t0 = time.perf_counter()
-        hits, chunks, q = self.prompt(question, k)
-        t1 = time.perf_counter()
         strat = make_strategy(strategy) if strategy else self.strategy
+        selection = None
+        if budget_tokens is None and budget_ms is None:
+            hits, chunks, q = self.prompt(question, k)
+        else:
+            hits, chunks, q, selection = self._select(question, k or self.k, strat, budget_tokens, budget_ms)
+        t1 = time.perf_counter()
         edges = chunk_edges(hits) if strat.name == "graph" else []
         pre = self.reuse.prefill(chunks, q, strat, reserve=self.max_new_tokens, edges=edges)
         tokens: list[int] = []
@@ -295,10 +305,34 @@ class Engine:
         stats["ttft_ms"] = round(ttft if ttft is not None else (t2 - t0) * 1e3, 1)
         stats["new_tokens"] = len(tokens)
         stats["edges"] = len(pre.layout.edges)
+        if selection is not None:
+            stats["selection"] = selection
         stats["timings_ms"] = {"retrieve": round((t1 - t0) * 1e3, 1), **stats["timings_ms"],
                                "decode": round((t2 - t1) * 1e3 - sum(pre.stats.timings_ms.values()), 1),
                                "total": round((t2 - t0) * 1e3, 1)}
         return Answer(text, [Citation(h.path, h.start_line, h.end_line, h.score) for h in hits], stats)
+
+    def _select(self, question: str, k: int, strat, budget_tokens: int | None, budget_ms: float | None
+                ) -> tuple[list[Hit], list[list[int]], list[int], dict]:
+        """Choose chunks among 2·k candidates (at least 10) under the budget (rag/select.py)."""
+        if budget_ms is not None:
+            if budget_ms <= 0:
+                raise ValueError(f"--budget-ms must be positive, got {budget_ms}")
+            budget = budget_ms / self.reuse.ms_per_token
+        else:
+            if budget_tokens <= 0:
+                raise ValueError(f"--budget-tokens must be positive, got {budget_tokens}")
+            budget = float(budget_tokens)
+        hits, chunks, q = self.prompt(question, max(2 * k, 10))
+        vectors = self.index.vectors([h.id for h in hits])
+        cands = [Candidate(h.score, len(c), self.reuse.chunk_id(c) in self.reuse.store, strat.expected_recompute, v)
+                 for h, c, v in zip(hits, chunks, vectors)]
+        chosen = select_chunks(cands, budget, len(q))
+        cost = len(q) + sum(cands[i].cost for i in chosen)
+        selection = {"budget_tokens": round(budget, 1), "candidates": len(cands), "chosen": len(chosen),
+                     "cached_chosen": sum(cands[i].cached for i in chosen), "estimated_tokens": round(cost, 1),
+                     "over_budget": cost > budget, "ms_per_token": round(self.reuse.ms_per_token, 4)}
+        return [hits[i] for i in chosen], [chunks[i] for i in chosen], q, selection
 
     def calibrate(self, target: float = 0.95, strategy: str | None = None,
                   questions: str | os.PathLike | None = None, n: int = 20, k: int | None = None,

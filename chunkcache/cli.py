@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("-k", type=int, default=5, help="chunks to retrieve (default 5)")
     ask.add_argument("--max-new-tokens", type=int, default=128)
     ask.add_argument("--json", action="store_true", help="print one JSON object (answer, citations, stats)")
+    budget = ask.add_mutually_exclusive_group()
+    budget.add_argument("--budget-tokens", type=int, default=None, metavar="N",
+                        help="choose chunks among more candidates so that the prefill computes at most N "
+                             "tokens (a cached chunk costs only what the strategy recomputes of it); "
+                             "default: plain top-k")
+    budget.add_argument("--budget-ms", type=float, default=None, metavar="MS",
+                        help="the same budget in prefill milliseconds, from this engine's measured rate")
     ask.add_argument("--structure", default=None, choices=["sequential", "parallel", "graph"],
                      help="lay the chunks out as one sequence (default), in parallel (order-invariant, no "
                           "repair), or as a graph of their links and code definitions (a chunk reads the "
@@ -117,7 +124,8 @@ def _ask(args: argparse.Namespace) -> int:
         raise ValueError("-k must be at least 1")
     stream = None if args.json else (lambda s: print(s, end="", flush=True))
     with _engine(args, strategy=args.strategy, k=args.k, max_new_tokens=args.max_new_tokens) as eng:
-        ans = eng.ask(args.question, on_text=stream, structure=args.structure)
+        ans = eng.ask(args.question, on_text=stream, structure=args.structure, budget_tokens=args.budget_tokens,
+                      budget_ms=args.budget_ms)
     if args.json:
         print(json.dumps(ans.to_dict(), indent=2))
         return 0
@@ -130,6 +138,11 @@ def _ask(args: argparse.Namespace) -> int:
           f"chunks {s['chunks_hit']} hit, {s['chunks_missed']} missed | tokens {s['tokens_reused']} reused, "
           f"{s['tokens_recomputed']} recomputed ({100 * s['recompute_fraction']:.1f}%)"
           + (f" | {s['edges']} edges" if s["edges"] else ""))
+    if "selection" in s:
+        sel = s["selection"]
+        print(f"selection: {sel['chosen']} of {sel['candidates']} candidates ({sel['cached_chosen']} cached), "
+              f"~{sel['estimated_tokens']:.0f} of {sel['budget_tokens']:.0f} tokens"
+              + (" (over budget: the best chunk alone does not fit)" if sel["over_budget"] else ""))
     print("time: " + ", ".join(f"{k} {v:.0f} ms" for k, v in t.items()))
     return 0
 

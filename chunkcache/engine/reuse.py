@@ -124,7 +124,12 @@ class ReuseEngine:
         self.fingerprint = kv_fingerprint(model, self.template)
         self.store = store if store is not None else MemoryTier(memory_bytes)
         self.store_dtype = store_dtype
+        t0 = time.perf_counter()
         self.prefix = template_record(model, self.template, store_dtype).to(model.device, model.dtype)
+        _sync(model.device)
+        # Prefill milliseconds per computed token: first from the template prefix (short, so overhead makes it
+        # an overestimate), then a moving average over requests. Turns a TTFT budget into tokens (rag/select.py).
+        self.ms_per_token = (time.perf_counter() - t0) * 1e3 / max(1, len(self.template.prefix_ids))
         self.stop_ids = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
 
     def chunk_id(self, token_ids: list[int]) -> str:
@@ -214,6 +219,8 @@ class ReuseEngine:
         _sync(dev)
         t2 = time.perf_counter()
         self._observe_repair(layout, decision)
+        computed = sum(result.computed_per_layer) / max(1, len(result.computed_per_layer))
+        self.ms_per_token = 0.8 * self.ms_per_token + 0.2 * (t2 - t1) * 1e3 / max(1.0, computed)
         if learn:
             identities = decision.identities(req)  # after the prefill: a shrinking plan knows what it kept
             for rec in capture(self.fingerprint, result, ids, layout, decision.records, stats, learn, identities,

@@ -213,6 +213,11 @@ class VectorIndex:
             }
         return [Hit(i, s, *rows[i][1:]) for i, s in found if i in rows]
 
+    def vectors(self, ids: list[int]) -> np.ndarray:
+        """The stored unit-length embeddings of chunks ``ids`` (from ``Hit.id``), one row each."""
+        with self._lock:
+            return np.stack([self._graph.reconstruct(i) for i in ids]) if ids else np.zeros((0, self.dim))
+
     def document_sha(self, path: str) -> str | None:
         """The sha256 the document at ``path`` had when indexed, or ``None`` if it is not indexed."""
         with self._lock:

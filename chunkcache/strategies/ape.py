@@ -50,6 +50,7 @@ from chunkcache.strategies.layouts import PlacedPlan, graph_placement, parallel_
 
 class APE(Strategy):
     name = "ape"
+    expected_recompute = 0.0
 
     def __init__(self, T: float = 0.9, S: float = 0.9) -> None:
         if T <= 0 or S <= 0:

@@ -16,6 +16,7 @@ import torch
 
 from chunkcache.engine.prompt import Layout
 from chunkcache.kv.record import ISOLATED, ChunkRecord
+from chunkcache.store.eviction.base import DEFAULT_RECOMPUTE
 
 
 class Plan:
@@ -105,6 +106,10 @@ class Strategy(ABC):
     # softmax over the computed rows at every layer, which costs more than the prefill at a few thousand
     # tokens on a GPU); only strategies that read them ask for it.
     uses_record_stats: bool = False
+    # The fraction of a cached chunk this strategy is expected to recompute: what reusing a cached chunk
+    # costs when chunks are chosen under a budget (rag/select.py). Strategies with a budget parameter
+    # report it; those that never repair say 0.
+    expected_recompute: float = DEFAULT_RECOMPUTE
 
     def arrange(self, chunk_ids: list[str], edges: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
         """(order, edges): the order the chunks take in the prompt (indices into ``chunk_ids``) and the

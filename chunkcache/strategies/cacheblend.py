@@ -88,6 +88,7 @@ class CacheBlend(Strategy):
         if not isinstance(gradual, int) or gradual < 0:
             raise ValueError("cacheblend's gradual must be an integer >= 0 (0: one-shot selection)")
         self.ratio, self.check_layer, self.deviation, self.gradual = ratio, check_layer, deviation, gradual
+        self.expected_recompute = ratio
 
     def fractions(self) -> list[float]:
         """Fraction of the candidates kept after each filtering layer (module docstring)."""

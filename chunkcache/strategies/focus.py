@@ -59,6 +59,7 @@ class Focus(Strategy):
         if unit not in ("token", "chunk"):
             raise ValueError("focus's unit must be 'token' or 'chunk'")
         self.ratio, self.from_layer, self.rows, self.unit = ratio, from_layer, rows, unit
+        self.expected_recompute = ratio
 
     def probe_layers(self, n_layers: int) -> list[int]:
         return list(range(int(self.from_layer * n_layers), n_layers))

@@ -10,6 +10,7 @@ from chunkcache.strategies.base import Plan, Request, Strategy
 
 class Full(Strategy):
     name = "full"
+    expected_recompute = 1.0
 
     def choose_variants(self, req: Request) -> list[ChunkRecord | None]:
         return [None] * len(req.candidates)

@@ -11,6 +11,7 @@ from chunkcache.strategies.base import Plan, Request, Strategy
 
 class Naive(Strategy):
     name = "naive"
+    expected_recompute = 0.0
 
     def select(self, req: Request, records: list[ChunkRecord | None], must: torch.Tensor) -> Plan:
         return Plan(must)

@@ -34,6 +34,7 @@ from chunkcache.strategies.layouts import PlacedPlan, canonical_order, graph_pla
 
 class Parallel(Strategy):
     name = "parallel"
+    expected_recompute = 0.0
 
     def arrange(self, chunk_ids: list[str], edges: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
         """Chunks sorted by chunk id; edges ignored (no chunk sees another)."""

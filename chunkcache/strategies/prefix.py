@@ -17,6 +17,7 @@ from chunkcache.strategies.base import Plan, Request, Strategy, is_exact
 
 class Prefix(Strategy):
     name = "prefix"
+    expected_recompute = 1.0  # everything after the first chunk that is not exact in place
 
     def select(self, req: Request, records: list[ChunkRecord | None], must: torch.Tensor) -> Plan:
         layout = req.layout

@@ -54,3 +54,27 @@ def test_structure_conflicting_with_strategy_is_an_error(linked_store):
                    "--structure", "graph")
     assert proc.returncode == 0, proc.stderr
     assert "strategy graph" in proc.stdout and "1 edges" in proc.stdout
+
+
+def test_budget_chooses_more_chunks_when_they_are_cached(linked_store, tmp_path):
+    """Under one token budget that fits a single cold chunk, a warm store lets the selector take more; the
+    estimate stays within the budget whenever anything fits."""
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(linked_store, store)
+    with Engine(store=store, k=3, max_new_tokens=4, strategy="focus") as eng:
+        _, chunks, q = eng.prompt(QUESTION, 10)
+        budget = len(q) + max(map(len, chunks)) + 5
+        warm = eng.ask(QUESTION, budget_tokens=budget).stats["selection"]
+        assert warm["estimated_tokens"] <= budget and not warm["over_budget"]
+        assert warm["cached_chosen"] == warm["chosen"] >= 2
+        eng.cache_clear()
+        cold = eng.ask(QUESTION, budget_tokens=budget).stats["selection"]
+        assert cold["chosen"] == 1 and cold["cached_chosen"] == 0
+        timed = eng.ask(QUESTION, budget_ms=50.0).stats["selection"]
+        assert timed["ms_per_token"] > 0 and timed["budget_tokens"] == pytest.approx(50.0 / timed["ms_per_token"], rel=0.01)
+        with pytest.raises(ValueError, match="not both"):
+            eng.ask(QUESTION, budget_tokens=10, budget_ms=5.0)
+        with pytest.raises(ValueError, match="positive"):
+            eng.ask(QUESTION, budget_tokens=0)
