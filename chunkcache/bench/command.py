@@ -5,10 +5,12 @@
                      [--device cpu|cuda] [--sweep]
     chunkcache bench serve [--url URL | --in-process] --strategies full,prefix,focus --json OUT.json ...
     chunkcache bench workload [--queries N] [--zipf S] [--policies lru,lfu,value] --json OUT.json ...
+    chunkcache bench select [--queries N] [--zipf S] [--budgets 100,200,...] --json OUT.json ...
 
 The first form judges quality and prefill cost per strategy; ``bench serve`` (``chunkcache.bench.serve``)
 measures the serving engine's throughput and latency under a request trace; ``bench workload``
-(``chunkcache.bench.cache_bench``) the cache tiers and eviction policies under a chunk-reuse trace.
+(``chunkcache.bench.cache_bench``) the cache tiers and eviction policies under a chunk-reuse trace; ``bench
+select`` (``chunkcache.bench.select_bench``) cache-aware chunk selection under a cost budget against top-k.
 """
 
 from __future__ import annotations
@@ -32,14 +34,17 @@ DEFAULT_STRATEGIES = "full,prefix,naive,epic,cacheblend,cachecraft,focus,ape"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The quality benchmark's flags, and the ``serve`` sub-mode with its own. ``--dataset`` and ``--json``
     are required without a sub-mode; ``main`` checks that, since argparse cannot require them only then."""
-    from chunkcache.bench import cache_bench, serve
+    from chunkcache.bench import cache_bench, select_bench, serve
 
-    modes = p.add_subparsers(dest="bench_mode", metavar="{serve,workload}")
+    modes = p.add_subparsers(dest="bench_mode", metavar="{serve,workload,select}")
     serve.add_arguments(modes.add_parser("serve", help="serving throughput and latency under a RAG request trace"))
     cache_bench.add_arguments(modes.add_parser("workload", help="cache tiers and eviction policies under a Zipf "
                                                                "chunk-reuse trace, against exact prefix caching"))
+    select_bench.add_arguments(modes.add_parser("select", help="cache-aware chunk selection under a prefill-cost "
+                                                               "budget against plain top-k (Zipf questions)"))
     p.add_argument("--dataset", default=None,
-                   help="(required) musique, needle, multihop, linked (multihop with the links between its pages, for the graph strategy), or a JSON file in the musique format")
+                   help="(required) musique, needle, multihop, linked (multihop with the links between its pages, "
+                        "for the graph strategy), or a JSON file in the musique format")
     p.add_argument("--strategies", default=DEFAULT_STRATEGIES,
                    help="comma-separated specs: name or name:param=value (e.g. cacheblend:ratio=0.3)")
     p.add_argument("--limit", type=int, default=None, help="use the first N examples")
@@ -67,6 +72,10 @@ def main(args: argparse.Namespace) -> int:
         from chunkcache.bench.cache_bench import command as workload_command
 
         return workload_command(args)
+    if args.bench_mode == "select":
+        from chunkcache.bench.select_bench import command as select_command
+
+        return select_command(args)
     if args.bench_mode == "serve":
         from chunkcache.bench.serve import command as serve_command
 
