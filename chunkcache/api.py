@@ -30,7 +30,7 @@ from chunkcache.rag.ingest import document_key
 from chunkcache.rag.links import chunk_edges
 from chunkcache.rag.select import Candidate, select_chunks
 from chunkcache.store import DiskTier, TierSettings, store_lock
-from chunkcache.strategies import DEFAULT_STRATEGY, make_strategy
+from chunkcache.strategies import DEFAULT_STRATEGY, Strategy, make_strategy
 
 STORE_ENV = "CHUNKCACHE_STORE"
 DEFAULT_STORE = ".chunkcache"
@@ -282,7 +282,7 @@ class Engine:
         if budget_tokens is None and budget_ms is None:
             hits, chunks, q = self.prompt(question, k)
         else:
-            hits, chunks, q, selection = self._select(question, k or self.k, strat, budget_tokens, budget_ms)
+            hits, chunks, q, selection = self.select(question, k or self.k, strat, budget_tokens, budget_ms)
         t1 = time.perf_counter()
         edges = chunk_edges(hits) if strat.name == "graph" else []
         pre = self.reuse.prefill(chunks, q, strat, reserve=self.max_new_tokens, edges=edges)
@@ -312,9 +312,11 @@ class Engine:
                                "total": round((t2 - t0) * 1e3, 1)}
         return Answer(text, [Citation(h.path, h.start_line, h.end_line, h.score) for h in hits], stats)
 
-    def _select(self, question: str, k: int, strat, budget_tokens: int | None, budget_ms: float | None
-                ) -> tuple[list[Hit], list[list[int]], list[int], dict]:
-        """Choose chunks among 2·k candidates (at least 10) under the budget (rag/select.py)."""
+    def select(self, question: str, k: int, strat: Strategy, budget_tokens: int | None, budget_ms: float | None
+               ) -> tuple[list[Hit], list[list[int]], list[int], dict]:
+        """What ``prompt`` returns, plus a report, with the chunks chosen among 2·k candidates (at least 10)
+        under a budget of ``budget_tokens`` computed tokens or ``budget_ms`` prefill milliseconds for
+        ``strat`` (rag/select.py) instead of the top k."""
         if budget_ms is not None:
             if budget_ms <= 0:
                 raise ValueError(f"--budget-ms must be positive, got {budget_ms}")

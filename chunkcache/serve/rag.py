@@ -1,6 +1,7 @@
 """``POST /v1/rag/query``: a question answered from the ingested documents, with citations and engine stats.
 
-The same path as ``chunkcache ask``: retrieve the top-k chunks (``Engine.prompt``), hand the engine a
+The same path as ``chunkcache ask``: retrieve the top-k chunks (``Engine.prompt``; with ``budget_tokens``, those
+``Engine.select`` chooses under that prefill budget, reported as ``selection``), hand the engine a
 structured ``RagPrompt`` (template prefix | chunks | question), so every retrieved chunk's record is reused.
 Greedy by default, as ``ask`` is. A stream sends the citations first, then text deltas, then a final event
 with the finish reason, usage and stats, then ``[DONE]``.
@@ -33,9 +34,14 @@ def citations(hits: list[Hit]) -> list[dict]:
 
 @router.post("/v1/rag/query")
 async def rag_query(body: RagQueryRequest, request: Request, st: ServerState = Depends(state)) -> object:
-    """Answer ``question`` from the top ``k`` retrieved chunks."""
+    """Answer ``question`` from the top ``k`` retrieved chunks, or from those chosen under ``budget_tokens``."""
+    selection = None
     try:
-        hits, chunks, question_ids = await st.engine_call(st.engine.prompt, body.question, body.k)
+        if body.budget_tokens is None:
+            hits, chunks, question_ids = await st.engine_call(st.engine.prompt, body.question, body.k)
+        else:
+            hits, chunks, question_ids, selection = await st.engine_call(
+                st.engine.select, body.question, body.k, st.serving.strategy, body.budget_tokens, None)
     except ValueError as e:  # an empty question, or a store without documents
         raise APIError(400, str(e), "question", "invalid_value") from None
     prompt = RagPrompt(chunks, question_ids)
@@ -45,6 +51,8 @@ async def rag_query(body: RagQueryRequest, request: Request, st: ServerState = D
     run = Run(st, submit(st, prompt, params), "rag")
     head = {"id": run.handle.request_id, "object": "rag.answer", "created": int(time.time()), "model": st.model_id}
     cited = citations(hits)
+    if selection is not None:
+        head["selection"] = selection
     if body.stream:
         return StreamingResponse(_events(run, head, cited), media_type="text/event-stream", headers=SSE_HEADERS)
     text = await run.text(request)

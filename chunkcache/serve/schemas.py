@@ -106,6 +106,7 @@ class CompletionRequest(_Sampling):
 class RagQueryRequest(_Lenient):
     question: NonEmptyStr
     k: int = Field(default=5, ge=1, le=50)
+    budget_tokens: int | None = Field(default=None, ge=1)  # choose chunks under a prefill budget (rag/select.py)
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)

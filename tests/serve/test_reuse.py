@@ -60,6 +60,12 @@ def test_documents_round_trip_and_rag_query(server: Server, model_id: str) -> No
         assert answer["citations"][0]["path"] == path
         assert answer["chunkcache"]["chunks_hit"] == 1
         assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+        budget = http.post("/v1/rag/query", json={"question": "What colour is the Zorblat fruit's skin?",
+                                                  "budget_tokens": 400, "max_tokens": 4}).json()
+        sel = budget["selection"]
+        assert sel["budget_tokens"] == 400 and 1 <= sel["chosen"] == len(budget["citations"]) <= sel["candidates"]
+        assert sel["estimated_tokens"] <= 400 or sel["over_budget"]
+        assert http.post("/v1/rag/query", json={"question": "q", "budget_tokens": 0}).status_code == 400
 
         deleted = http.delete(f"/v1/documents/{httpx.URL('zorblat.md')}")
         assert deleted.status_code == 200 and deleted.json()["chunks_removed"] == report["chunks_added"]
