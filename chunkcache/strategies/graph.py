@@ -73,7 +73,9 @@ class Graph(Strategy):
         roots = [not src for src in sources]
         identities: list[Identity] = []
         for src in sources:
-            if not src:
+            if not len(layout.prefix):  # a plain prompt: not the template records were computed after
+                identities.append(None)
+            elif not src:
                 identities.append(([], True))
             elif all(roots[s] for s in src):
                 identities.append((graph_variant_ids([layout.chunk_ids[s] for s in src]), True))

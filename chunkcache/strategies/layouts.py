@@ -91,7 +91,11 @@ def graph_placement(layout: Layout, sources: list[list[int]] | None = None, temp
 
 
 def parallel_identities(layout: Layout) -> list[Identity]:
-    """Every chunk of a parallel layout sits exactly as when it was isolated: its isolated record, exact."""
+    """Every chunk of a parallel layout sits exactly as when it was isolated: its isolated record, exact.
+    Not so without the template prefix (a plain prompt, engine/plain.py: its layout starts with no prefix
+    span): records are computed after the template, so nothing there may be captured as isolated."""
+    if not len(layout.prefix):
+        return [None for _ in layout.chunks]
     return [([], True) for _ in layout.chunks]
 
 

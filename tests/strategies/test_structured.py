@@ -172,3 +172,12 @@ def test_graph_variant_is_stored_then_reused_exactly(smol, passages):
     plain = eng.prefill(chunks, q, make_strategy("graph"))
     par = eng.prefill(chunks, q, make_strategy("parallel"))
     assert torch.equal(plain.result.logits, par.result.logits)  # no edges: the parallel layout
+
+
+def test_without_the_template_prefix_nothing_is_captured_as_isolated():
+    """A plain prompt's layout (engine/plain.py) has no template prefix: a chunk placed in parallel there
+    did not see what isolated records are computed after, so it must not be stored as one."""
+    layout = Layout(Span(0, 0), [Span(0, 4), Span(4, 9)], Span(9, 12), ["s", "t"], [(0, 1)])
+    for spec in ("parallel", "ape", "graph"):
+        req = Request(layout, [[], []], 2)
+        assert make_strategy(spec).decide(req).identities(req) == [None, None], spec
