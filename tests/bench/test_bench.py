@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from chunkcache.bench.datasets import Example, load_dataset, load_json, needle
+from chunkcache.bench.datasets import Example, load_dataset, load_json, multihop, needle
 from chunkcache.bench.metrics import best_f1, contains_answer, first_token_kl, rouge_l
-from chunkcache.bench.runner import fit_passages
+from chunkcache.bench.runner import fit_passages, run
 from chunkcache.cli import main
+from chunkcache.engine.reuse import ReuseEngine
 
 KEYS = {"f1", "accuracy", "first_token_agreement", "first_token_kl", "answer_token_agreement", "answer_token_kl",
         "answer_kl_mean", "answer_token_examples", "rougeL_vs_full", "exact_match_vs_full", "recompute_fraction",
@@ -97,3 +98,13 @@ def test_metrics():
     x = torch.tensor([1.0, 2.0, 3.0])
     assert first_token_kl(x, x) == pytest.approx(0.0, abs=1e-7)
     assert first_token_kl(x, torch.tensor([3.0, 2.0, 1.0])) > 0.5
+
+
+def test_graph_variants_are_computed_before_timing_and_reported(smol):
+    """On the linked set, graph's variants are built before the timed prefill (recompute 0 there) and their
+    one-time cost is reported; strategies without edges report none."""
+    res = run(ReuseEngine(*smol), multihop(2, links=True), ["full", "graph", "parallel"], max_new_tokens=2,
+              progress=False)
+    assert res["graph"]["recompute_fraction"] == 0.0
+    assert 0.2 < res["graph"]["setup_recompute_fraction"] < 0.8  # the three biographies of seven passages
+    assert "setup_recompute_fraction" not in res["parallel"]
