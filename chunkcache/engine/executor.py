@@ -84,11 +84,12 @@ def partial_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: 
     positions = pos_host.to(dev)
     h = model.embed(ids[positions])
 
-    def rows_layout(pos: torch.Tensor):
-        """RoPE positions and attention modification of the computed rows ``pos``."""
-        return pos if place is None else place[pos], None if placement is None else placement.attention(pos, length)
+    def rows_layout(pos: torch.Tensor, pos_host: torch.Tensor):
+        """RoPE positions and attention modification of the computed rows ``pos`` (``pos_host`` on the host)."""
+        mod = None if placement is None else placement.attention(pos_host, length, dev)
+        return pos if place is None else place[pos], mod
 
-    rope_q, mod = rows_layout(positions)
+    rope_q, mod = rows_layout(positions, pos_host)
     keys, values, keys_pre = [], [], []
     computed, context_computed, attended = [], [], []
     in_context = torch.zeros(length, dtype=torch.bool)
@@ -126,7 +127,7 @@ def partial_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: 
                 ws.check_kept(nxt_host)
                 h = h[torch.searchsorted(pos_host, nxt_host).to(dev)]
                 pos_host, positions = nxt_host, nxt_host.to(dev)
-                rope_q, mod = rows_layout(positions)
+                rope_q, mod = rows_layout(positions, pos_host)
 
     logits = model.head(h[-1:])[0]
     return PrefillResult(logits, keys, values, keys_pre, length, rotary, computed, context_computed, attended,

@@ -100,17 +100,20 @@ class Placement:
         if self.temperature <= 0 or self.scale <= 0:
             raise ValueError("attention temperature and scale must be > 0")
 
-    def attention(self, rows: torch.Tensor, k_len: int) -> AttentionMod | None:
-        """The modification for query rows ``rows`` (token indices) over keys 0..k_len-1; None if none."""
-        dev = rows.device
+    def attention(self, rows: torch.Tensor, k_len: int, device: torch.device | None = None) -> AttentionMod | None:
+        """The modification for query rows ``rows`` (token indices, on the host) over keys 0..k_len-1, on
+        ``device`` (default: the rows'); None if none. Rows that see every earlier key (the question of a
+        parallel layout) need no mask, so the plain causal kernels run for them."""
+        dev = device if device is not None else rows.device
+        rows = rows.cpu()
         visible = None
         if self.groups is not None:
-            g = self.groups.to(dev)
-            visible = self.sees.to(dev)[g[rows]][:, g[:k_len]]
+            visible = self.sees[self.groups[rows]][:, self.groups[:k_len]]
+            visible = None if bool(visible.all()) else visible.to(dev)
         if self.context is None or (self.temperature == 1.0 and self.scale == 1.0):
             return None if visible is None else AttentionMod(visible, None, None)
         context = self.context.to(dev)
-        return AttentionMod(visible, context[:k_len], ~context[rows], self.temperature, self.scale)
+        return AttentionMod(visible, context[:k_len], ~context[rows.to(dev)], self.temperature, self.scale)
 
 
 class CausalLM:

@@ -16,7 +16,6 @@ import torch
 
 from chunkcache.engine.prompt import Layout
 from chunkcache.kv.record import ISOLATED, ChunkRecord
-from chunkcache.store.eviction.base import DEFAULT_RECOMPUTE
 
 
 class Plan:
@@ -108,8 +107,8 @@ class Strategy(ABC):
     uses_record_stats: bool = False
     # The fraction of a cached chunk this strategy is expected to recompute: what reusing a cached chunk
     # costs when chunks are chosen under a budget (rag/select.py). Strategies with a budget parameter
-    # report it; those that never repair say 0.
-    expected_recompute: float = DEFAULT_RECOMPUTE
+    # report it; those that never repair say 0; the rest assume the default strategy's 15%.
+    expected_recompute: float = 0.15
 
     def arrange(self, chunk_ids: list[str], edges: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
         """(order, edges): the order the chunks take in the prompt (indices into ``chunk_ids``) and the
