@@ -69,11 +69,13 @@ def test_cuda_full_matches_transformers_and_reuse_matches_cpu(dtype):
     prefix = template_record(cpu, template, dtype)
     recs = [isolated_record(cpu, template, prefix.to("cpu", torch.float32), c, n, dtype)
             for c, n in zip(chunks, "abc")]
-    for spec in ("naive", "epic", "cacheblend", "cachecraft", "focus", "focus:ratio=0.9", "ape"):
+    linked = Layout(layout.prefix, layout.chunks, layout.question, layout.chunk_ids, [(0, 2), (1, 2)])
+    for spec in ("naive", "epic", "cacheblend", "cachecraft", "focus", "focus:ratio=0.9", "ape", "parallel", "graph"):
         out = {}
+        lay = linked if spec == "graph" else layout  # graph: chunk c reads a and b (computed in the request)
         for model, device, dt in ((cpu, "cpu", torch.float32), (dev, DEVICE, dtype)):
             placed = [[r.to(device, dt)] for r in recs]
-            _, _, res, _ = decide_and_prefill(model, ids, layout, prefix.to(device, dt), placed, make_strategy(spec))
+            _, _, res, _ = decide_and_prefill(model, ids, lay, prefix.to(device, dt), placed, make_strategy(spec))
             out[device] = res.logits
         assert _rel(out[DEVICE], out["cpu"]) < TOL[dtype], spec
 
