@@ -26,7 +26,7 @@ from pathlib import Path
 
 from chunkcache.bench.cache_sim import ORACLE, prefix_cache_recomputed, replay_tiers
 from chunkcache.bench.environment import hardware
-from chunkcache.bench.report import write_json
+from chunkcache.bench.report import publish
 from chunkcache.bench.workload import chunk_trace, pooled_passages
 from chunkcache.store.eviction import DEFAULT_RECOMPUTE, POLICIES
 from chunkcache.store.settings import parse_bytes
@@ -237,10 +237,7 @@ def command(args: argparse.Namespace) -> int:
         if policy.strip() not in (*POLICIES, ORACLE):
             raise ValueError(f"unknown eviction policy {policy!r}; choose from {', '.join(POLICIES)}")
     result = run(args)
-    print(table(result))
-    write_json(args.json, result)
-    if args.plot:
-        plot(result, args.plot)
+    publish(result, table(result), args.json, args.plot, plot)
     return 0
 
 

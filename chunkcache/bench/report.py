@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 COLUMNS = [("f1", "F1", "{:.3f}"), ("accuracy", "accuracy", "{:.2f}"), ("first_token_agreement", "1st-tok agr", "{:.2f}"),
@@ -48,6 +49,15 @@ def write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, path)
+
+
+def publish(result: dict, text: str, json_path: Path, plot_path: Path | None,
+            draw: Callable[[dict, Path], None]) -> None:
+    """Print a bench's table ``text``, write its ``result`` as JSON and, when asked, ``draw`` its plot."""
+    print(text)
+    write_json(json_path, result)
+    if plot_path:
+        draw(result, plot_path)
 
 
 def plot(results: dict[str, dict], path: Path, title: str) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from chunkcache.bench.environment import hardware
-from chunkcache.bench.report import write_json
+from chunkcache.bench.report import publish
 from chunkcache.bench.workload import pooled_passages, zipf_weights
 from chunkcache.rag.select import RELEVANCE_FLOOR, Candidate, select_chunks
 from chunkcache.store.eviction import DEFAULT_RECOMPUTE, POLICIES, EntryInfo, Residency, make_policy
@@ -185,8 +185,5 @@ def command(args: argparse.Namespace) -> int:
     if args.queries < 1 or args.candidates < 1 or not 0 <= args.recompute <= 1:
         raise ValueError("--queries and --candidates must be >= 1 and --recompute in [0, 1]")
     result = run(args)
-    print(table(result))
-    write_json(args.json, result)
-    if args.plot:
-        plot(result, args.plot)
+    publish(result, table(result), args.json, args.plot, plot)
     return 0
