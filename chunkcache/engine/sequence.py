@@ -52,10 +52,14 @@ class GenParams:
 
 @dataclass(frozen=True)
 class RagPrompt:
-    """A structured prompt: ``template prefix | chunks | question`` (what ``/v1/rag/query`` builds)."""
+    """A structured prompt: ``template prefix | chunks | question`` (what ``/v1/rag/query`` builds), with the
+    strategy spec that lays it out when not the engine's (``parallel``, ``graph``) and the graph's
+    (source, target) chunk edges."""
 
     chunks: list[list[int]]
     question_ids: list[int]
+    strategy: str | None = None
+    edges: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from chunkcache.engine.reuse import Prefilled, ReuseEngine
 from chunkcache.engine.runner import DecodeRunner
 from chunkcache.engine.scheduler import QueueFullError, Scheduler
 from chunkcache.engine.sequence import GenParams, Output, RagPrompt, RequestHandle, Sequence, new_request_id
+from chunkcache.strategies import make_strategy
 from chunkcache.strategies.base import Strategy
 
 __all__ = ["PromptTooLongError", "QueueFullError", "ServingConfig", "ServingEngine"]
@@ -218,7 +219,7 @@ class ServingEngine:
                      "prefill_ms": round((time.perf_counter() - started) * 1e3, 2),
                      **{f"{name}_ms": round(pre.stats.timings_ms[key], 2)
                         for name, key in (("load", "load"), ("compute", "prefill"), ("store", "store"))},
-                     "strategy": self.strategy.name}
+                     "strategy": getattr(seq.prompt, "strategy", None) or self.strategy.name}
         p = seq.params
         if p.temperature > 0:
             seq.generator = torch.Generator().manual_seed(p.seed if p.seed is not None else 0)
@@ -226,7 +227,8 @@ class ServingEngine:
 
     def _run_prefill(self, prompt: list[int] | RagPrompt) -> Prefilled:
         if isinstance(prompt, RagPrompt):
-            return self.reuse.prefill(prompt.chunks, prompt.question_ids, self.strategy)
+            strategy = make_strategy(prompt.strategy) if prompt.strategy else self.strategy
+            return self.reuse.prefill(prompt.chunks, prompt.question_ids, strategy, edges=list(prompt.edges))
         return self.plain.prefill(prompt, self.strategy)
 
     def _emit(self, seq: Sequence, token: int) -> None:

@@ -1,7 +1,8 @@
 """``POST /v1/rag/query``: a question answered from the ingested documents, with citations and engine stats.
 
 The same path as ``chunkcache ask``: retrieve the top-k chunks (``Engine.prompt``; with ``budget_tokens``, those
-``Engine.select`` chooses under that prefill budget, reported as ``selection``), hand the engine a
+``Engine.select`` chooses under that prefill budget, reported as ``selection``; ``structure`` lays them out
+as ``ask --structure`` does), hand the engine a
 structured ``RagPrompt`` (template prefix | chunks | question), so every retrieved chunk's record is reused.
 Greedy by default, as ``ask`` is. A stream sends the citations first, then text deltas, then a final event
 with the finish reason, usage and stats, then ``[DONE]``.
@@ -17,6 +18,7 @@ from fastapi.responses import StreamingResponse
 
 from chunkcache.engine.sequence import RagPrompt
 from chunkcache.rag import Hit
+from chunkcache.rag.links import chunk_edges
 from chunkcache.serve.completions import SSE_HEADERS, sse
 from chunkcache.serve.errors import APIError, error_body
 from chunkcache.serve.generation import Run, gen_params, submit
@@ -44,7 +46,9 @@ async def rag_query(body: RagQueryRequest, request: Request, st: ServerState = D
                 st.engine.select, body.question, body.k, st.serving.strategy, body.budget_tokens, None)
     except ValueError as e:  # an empty question, or a store without documents
         raise APIError(400, str(e), "question", "invalid_value") from None
-    prompt = RagPrompt(chunks, question_ids)
+    structure = None if body.structure in (None, "sequential") else body.structure
+    edges = tuple(chunk_edges(hits)) if structure == "graph" else ()
+    prompt = RagPrompt(chunks, question_ids, structure, edges)
     n_prompt = len(st.serving.reuse.template.prefix_ids) + sum(map(len, chunks)) + len(question_ids)
     params = gen_params(st, n_prompt, body.max_tokens, 0.0 if body.temperature is None else body.temperature,
                         body.top_p, body.seed)

@@ -107,6 +107,7 @@ class RagQueryRequest(_Lenient):
     question: NonEmptyStr
     k: int = Field(default=5, ge=1, le=50)
     budget_tokens: int | None = Field(default=None, ge=1)  # choose chunks under a prefill budget (rag/select.py)
+    structure: Literal["sequential", "parallel", "graph"] | None = None  # as ``ask --structure``
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)

@@ -128,3 +128,23 @@ def test_server_side_paths_only_inside_the_ingest_roots(server: Server, guarded_
     with guarded_server.http() as http:  # started without --ingest-root
         r = http.post("/v1/documents", json={"paths": ["/etc"]})
     assert r.status_code == 403 and "--ingest-root" in r.json()["error"]["message"]
+
+
+def test_rag_query_structure_graph_reads_links_between_uploaded_documents(server: Server) -> None:
+    pages = {"falconx.md": "Project Falconx builds the ingest service; its on-call rota is run by the team on "
+                           "[the Heronx page](heronx.md).",
+             "heronx.md": "The Heronx team's on-call pager number is 4471; the team meets on Tuesdays."}
+    question = "What is the on-call pager number for Project Falconx?"
+    with server.http() as http:
+        for name, text in pages.items():
+            assert http.post("/v1/documents", json={"name": name, "text": text}).status_code == 200
+        body = {"question": question, "k": 2, "max_tokens": 4, "structure": "graph"}
+        first = http.post("/v1/rag/query", json=body).json()["chunkcache"]
+        second = http.post("/v1/rag/query", json=body).json()["chunkcache"]
+        assert first["strategy"] == second["strategy"] == "graph"
+        assert first["recompute_fraction"] > 0 and second["recompute_fraction"] == 0  # the linking page, once
+        par = http.post("/v1/rag/query", json={**body, "structure": "parallel"}).json()["chunkcache"]
+        assert par["strategy"] == "parallel" and par["recompute_fraction"] == 0
+        assert http.post("/v1/rag/query", json={**body, "structure": "tree"}).status_code == 400
+        for name in pages:
+            assert http.delete(f"/v1/documents/{name}").status_code == 200
