@@ -24,6 +24,7 @@ from chunkcache.serve.errors import APIError, error_body
 from chunkcache.serve.generation import Run, gen_params, submit
 from chunkcache.serve.schemas import RagQueryRequest
 from chunkcache.serve.state import ServerState, state
+from chunkcache.strategies import make_strategy
 
 router = APIRouter()
 
@@ -38,15 +39,16 @@ def citations(hits: list[Hit]) -> list[dict]:
 async def rag_query(body: RagQueryRequest, request: Request, st: ServerState = Depends(state)) -> object:
     """Answer ``question`` from the top ``k`` retrieved chunks, or from those chosen under ``budget_tokens``."""
     selection = None
+    structure = None if body.structure in (None, "sequential") else body.structure
     try:
         if body.budget_tokens is None:
             hits, chunks, question_ids = await st.engine_call(st.engine.prompt, body.question, body.k)
         else:
             hits, chunks, question_ids, selection = await st.engine_call(
-                st.engine.select, body.question, body.k, st.serving.strategy, body.budget_tokens, None)
+                st.engine.select, body.question, body.k, make_strategy(structure) if structure else st.serving.strategy,
+                body.budget_tokens, None)
     except ValueError as e:  # an empty question, or a store without documents
         raise APIError(400, str(e), "question", "invalid_value") from None
-    structure = None if body.structure in (None, "sequential") else body.structure
     edges = tuple(chunk_edges(hits)) if structure == "graph" else ()
     prompt = RagPrompt(chunks, question_ids, structure, edges)
     n_prompt = len(st.serving.reuse.template.prefix_ids) + sum(map(len, chunks)) + len(question_ids)
