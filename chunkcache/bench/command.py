@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                "budget against plain top-k (Zipf questions)"))
     p.add_argument("--dataset", default=None,
                    help="(required) musique, needle, multihop, linked (multihop with the links between its pages, "
-                        "for the graph strategy), or a JSON file in the musique format")
+                        "for the graph strategy), callgraph (code QA through a call), or a JSON file in the "
+                        "musique format")
     p.add_argument("--strategies", default=DEFAULT_STRATEGIES,
                    help="comma-separated specs: name or name:param=value (e.g. cacheblend:ratio=0.3)")
     p.add_argument("--limit", type=int, default=None, help="use the first N examples")

@@ -273,14 +273,51 @@ def multihop(n: int = 50, seed: int = 0, links: bool = False) -> list[Example]:
     return out
 
 
+# --- callgraph: a function's value needs the definition it calls --------------------------------------------
+
+_VERBS = ["compute", "score", "measure", "rank", "price", "weigh", "count", "rate", "scale", "adjust"]
+_NOUNS = ["order", "parcel", "ticket", "sensor", "invoice", "batch", "route", "shelf", "meter", "crate"]
+
+
+def callgraph(n: int = 30, seed: int = 0) -> list[Example]:
+    """Code QA over a call graph: "What does ``f()`` return?" where ``f`` returns ``g()`` and ``g``, in another
+    chunk, returns a 4-digit constant: the answer needs both chunks (no arithmetic, which a small model
+    gets wrong even with a full prefill).
+
+    Per example (seeded), three caller/callee pairs as six Python chunks (module header, one function each),
+    with distinct names and constants; the distractor pairs have the same shape. Edges follow the calls
+    (callee -> caller, as ``rag/links.py`` reads them from code), so under ``graph`` a caller reads the
+    definition it uses. The target pair is never first. Accuracy extracts the 4-digit code."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        names = rng.sample([f"{v}_{o}" for v in _VERBS for o in _NOUNS], 6)
+        mods = rng.sample(range(10, 99), 6)
+        codes = rng.sample(range(1000, 10000), 3)
+        pairs = []
+        for i in range(3):
+            f, g = names[2 * i], names[2 * i + 1]
+            callee = f"# module lib{mods[2 * i + 1]}.py\n\ndef {g}():\n    return {codes[i]}\n\n"
+            caller = (f"# module lib{mods[2 * i]}.py\nfrom lib{mods[2 * i + 1]} import {g}\n\n"
+                      f"def {f}():\n    return {g}()\n\n")
+            pairs.append((caller, callee))
+        texts = _first_never_target(rng, list(pairs[0]), [p for q in pairs[1:] for p in q])
+        edges = sorted((texts.index(callee), texts.index(caller)) for caller, callee in pairs)
+        out.append(Example(f"What value does {names[0]}() return?", [str(codes[0])], texts, CODE_PATTERN, edges))
+    return out
+
+
 def load_dataset(name_or_path: str) -> tuple[str, list[Example]]:
-    """(dataset name, examples) for ``musique``, ``needle``, ``multihop``, ``linked`` or a JSON path."""
+    """(dataset name, examples) for ``musique``, ``needle``, ``multihop``, ``linked``, ``callgraph`` or a JSON
+    path."""
     if name_or_path == "needle":
         return "needle", needle()
     if name_or_path == "multihop":
         return "multihop", multihop()
     if name_or_path == "linked":
         return "linked", multihop(links=True)
+    if name_or_path == "callgraph":
+        return "callgraph", callgraph()
     if name_or_path == "musique":
         return "musique", load_json(shared_data_dir() / "musique_dev.json")
     return Path(name_or_path).stem, load_json(Path(name_or_path))

@@ -7,7 +7,9 @@ import re
 
 import pytest
 
-from chunkcache.bench.datasets import CODE_PATTERN, COUNTRY_PATTERN, load_dataset, multihop, needle
+from chunkcache.bench.datasets import CODE_PATTERN, COUNTRY_PATTERN, callgraph, load_dataset, multihop, needle
+from chunkcache.rag.index import Hit
+from chunkcache.rag.links import chunk_edges
 from chunkcache.bench.metrics import accuracy, answer_position, extracted_answer, paired_difference, t_quantile
 from chunkcache.bench.report import table
 from chunkcache.bench.runner import token_pieces
@@ -111,6 +113,20 @@ def test_linked_is_multihop_with_the_links_between_its_pages(tmp_path):
     path.write_text('[{"question": "q", "answers": ["a"], "ctxs": [{"text": "x"}], "edges": [[0, 1]]}]')
     with pytest.raises(ValueError, match="edge outside"):
         load_dataset(str(path))
+
+
+def test_callgraph_answers_need_the_called_definition_and_its_edges_are_what_links_reads():
+    for ex in callgraph(20):
+        func = re.search(r"does (\w+)\(\)", ex.question).group(1)
+        caller = next(p for p in ex.passages if f"def {func}()" in p)
+        callee_name = re.search(r"return (\w+)\(\)", caller).group(1)
+        callee = next(p for p in ex.passages if f"def {callee_name}()" in p)
+        assert ex.answers[0] in callee and ex.answers[0] not in caller  # the call is the bridge
+        assert ex.passages.index(caller) > 0 and ex.passages.index(callee) > 0
+        assert len(set(re.findall(CODE_PATTERN, "".join(ex.passages)))) == 3  # two distractor codes
+        hits = [Hit(i, 0.5, f"/repo/m{i}.py", 1, 5, p, str(i)) for i, p in enumerate(ex.passages)]
+        assert chunk_edges(hits) == ex.edges and len(ex.edges) == 3
+    assert load_dataset("callgraph")[0] == "callgraph"
 
 
 def test_table_shows_paired_intervals():
