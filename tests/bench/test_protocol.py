@@ -8,11 +8,11 @@ import re
 import pytest
 
 from chunkcache.bench.datasets import CODE_PATTERN, COUNTRY_PATTERN, callgraph, load_dataset, multihop, needle
-from chunkcache.rag.index import Hit
-from chunkcache.rag.links import chunk_edges
 from chunkcache.bench.metrics import accuracy, answer_position, extracted_answer, paired_difference, t_quantile
 from chunkcache.bench.report import table
 from chunkcache.bench.runner import token_pieces
+from chunkcache.rag.index import Hit
+from chunkcache.rag.links import chunk_edges
 
 
 def test_extraction_accuracy_takes_the_first_match():
