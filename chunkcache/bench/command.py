@@ -2,7 +2,7 @@
 
     chunkcache bench --dataset PATH_OR_NAME --strategies full,prefix,naive,epic,cacheblend,cachecraft
                      --limit N --max-new-tokens T --json OUT.json [--plot OUT.png] [--model PATH]
-                     [--device cpu|cuda] [--sweep]
+                     [--device cpu|cuda] [--dtype float32|bfloat16] [--sweep] [--time-limit S]
     chunkcache bench serve [--url URL | --in-process] --strategies full,prefix,focus --json OUT.json ...
     chunkcache bench workload [--queries N] [--zipf S] [--policies lru,lfu,value] --json OUT.json ...
     chunkcache bench select [--queries N] [--zipf S] [--budgets 100,200,...] --json OUT.json ...
@@ -54,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", type=Path, default=None, help="fidelity-vs-recompute plot (PNG)")
     p.add_argument("--model", default="default", help="packaged model name or HF model directory")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="compute dtype (default: float32 on cpu, bfloat16 on cuda)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="S",
+                   help="start no new example after S seconds; the JSON then reports the examples completed")
     p.add_argument("--sweep", action="store_true",
                    help="also sweep k (epic), ratio (cacheblend, focus) and alpha (cachecraft)")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -94,17 +98,21 @@ def main(args: argparse.Namespace) -> int:
     examples = examples[: args.limit] if args.limit else examples
     if not examples:
         raise SystemExit(f"error: dataset {args.dataset} has no examples")
-    model, tok = load_model(args.model, device=args.device)
+    model, tok = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None)
     engine = ReuseEngine(model, tok)
     if args.cache_dir:
         engine.store = TieredStore([MemoryTier(4 << 30), DiskTier(args.cache_dir / engine.fingerprint,
                                                                  engine.fingerprint)])
     t0 = time.perf_counter()
-    results = run(engine, examples, specs, args.max_new_tokens, progress=not args.quiet)
+    results = run(engine, examples, specs, args.max_new_tokens, progress=not args.quiet, time_limit_s=args.time_limit)
+    done = len(results["full"]["examples"])
+    if done < len(examples):
+        print(f"time limit reached: {done} of {len(examples)} examples completed")
     print(table(results))
     payload = {
-        "model": str(args.model), "dataset": name, "n": len(examples), "strategies": results,
+        "model": str(args.model), "dataset": name, "n": done, "n_requested": len(examples), "strategies": results,
         "settings": {"max_new_tokens": args.max_new_tokens, "device": args.device,
+                     "dtype": str(model.dtype).removeprefix("torch."),
                      "machine": f"{platform.node()} {platform.machine()} {torch.get_num_threads()} threads",
                      "hardware": hardware(args.device),
                      "date": datetime.date.today().isoformat(), "seconds": round(time.perf_counter() - t0, 1),
@@ -112,5 +120,5 @@ def main(args: argparse.Namespace) -> int:
     }
     write_json(args.json, payload)
     if args.plot:
-        plot(results, args.plot, f"{name} (n={len(examples)}), {args.model}")
+        plot(results, args.plot, f"{name} (n={done}), {args.model}")
     return 0

@@ -126,8 +126,12 @@ def token_pieces(tokenizer, tokens: list[int]) -> list[str]:
 
 
 def run(engine: ReuseEngine, examples: list[Example], specs: list[str], max_new_tokens: int = 32,
-        progress: bool = True) -> dict[str, dict[str, float | list[float] | None]]:
-    """Summary metrics per strategy spec (``full`` included, scored against itself; see module docstring)."""
+        progress: bool = True, time_limit_s: float | None = None) -> dict[str, dict[str, float | list[float] | None]]:
+    """Summary metrics per strategy spec (``full`` included, scored against itself; see module docstring).
+
+    ``time_limit_s``: start no new example once this many seconds have passed (the first always runs); every strategy is then scored
+    on the same completed examples (their count is ``len(result["full"]["examples"])``), so a long run on a
+    slow machine still ends with a consistent, paired result instead of nothing."""
     if not specs or specs[0] != "full":
         raise ValueError("the strategy specs must start with full (the reference; see expand)")
     strategies = {s: make_strategy(s) for s in specs}
@@ -135,6 +139,7 @@ def run(engine: ReuseEngine, examples: list[Example], specs: list[str], max_new_
     ppl = params_per_layer(engine.model)
     vocab = engine.model.config.vocab_size
     bar = tqdm(total=len(examples) * len(specs), desc="bench", unit="run", disable=not progress)
+    start = time.perf_counter()
     for ex in examples:
         chunks, q = fit_passages(engine, ex, max_new_tokens)
         for ids in chunks:
@@ -181,5 +186,7 @@ def run(engine: ReuseEngine, examples: list[Example], specs: list[str], max_new_
                                             engine.model.shape, ppl, vocab),
             )
             bar.update(1)
+        if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
+            break
     bar.close()
     return {s: r.summary(rows["full"]) for s, r in rows.items()}

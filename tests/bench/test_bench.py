@@ -50,6 +50,20 @@ def test_bench_cli_writes_the_json_contract_and_plot(tmp_path, capsys):
     assert "cachecraft" in printed and "Δacc [lo, hi]" in printed and "ans-tok KL" in printed
 
 
+def test_bench_time_limit_scores_only_completed_examples(tmp_path, capsys):
+    """A zero time limit still finishes the example in progress, then stops: every strategy is scored on
+    that one example and the JSON says how many of the requested examples completed."""
+    out = tmp_path / "r.json"
+    rc = main(["bench", "--dataset", "needle", "--strategies", "full,naive", "--limit", "3", "--max-new-tokens", "4",
+               "--time-limit", "0", "--dtype", "float32", "--json", str(out), "--quiet"])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert (data["n"], data["n_requested"]) == (1, 3)
+    assert data["settings"]["dtype"] == "float32"
+    assert all(len(m["examples"]) == 1 for m in data["strategies"].values())
+    assert "1 of 3 examples completed" in capsys.readouterr().out
+
+
 def test_bench_rejects_bad_input(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('{"question": "not a list"}')
