@@ -24,7 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
-from chunkcache.bench.cache_sim import ORACLE, prefix_cache_recomputed, replay_tiers
+from chunkcache.bench.cache_sim import ORACLE, POPULARITY_ORACLE, REFERENCES, prefix_cache_recomputed, replay_tiers
 from chunkcache.bench.environment import hardware
 from chunkcache.bench.report import publish
 from chunkcache.bench.workload import chunk_trace, pooled_passages
@@ -43,8 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=float, default=0.2, help="share of queries re-asking an earlier chunk set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--policies", default=",".join(POLICIES),
-                   help=f"eviction policies to compare ({', '.join(POLICIES)}; '{ORACLE}': the offline optimum, "
-                        "as a reference)")
+                   help=f"eviction policies to compare ({', '.join(POLICIES)}); references that read the whole trace "
+                        f"first: '{ORACLE}' (Belady's offline optimum), '{POPULARITY_ORACLE}' (keeps the chunks "
+                        "the trace requests most: the ceiling of online policies)")
     p.add_argument("--capacities", default="2.5%,5%,10%,20%,40%,100%",
                    help="cache sizes: bytes (4GB) or %% of the bytes of every chunk the trace touches")
     p.add_argument("--bytes-per-token", type=int, default=LLAMA3_8B_BYTES_PER_TOKEN)
@@ -89,7 +90,7 @@ def simulate(args: argparse.Namespace, chunk_lens: list[int], question_lens: lis
     stack = []
     if args.stack:
         named = [part.split("=", 1) for part in args.stack.split(",")]
-        for policy in (p for p in policies if p != ORACLE):
+        for policy in (p for p in policies if p not in REFERENCES):
             r = replay_tiers(queries, chunk_lens, question_lens, [parse_bytes(v) for _, v in named], policy,
                              args.bytes_per_token, args.recompute, names=[n for n, _ in named])
             stack.append(r.to_dict())
@@ -116,7 +117,7 @@ def engine_replay(args: argparse.Namespace, passages: list[str], queries: list[l
     chunks = {}
     out = {"strategy": DEFAULT_STRATEGY, "capacity_bytes": capacity, "record_bytes_per_token": per_token,
            "queries": min(args.engine, len(queries)), "policies": {}}
-    for policy in [p.strip() for p in args.policies.split(",") if p.strip() != ORACLE]:
+    for policy in [p.strip() for p in args.policies.split(",") if p.strip() not in REFERENCES]:
         engine = ReuseEngine(model, tok, store=MemoryTier(capacity, policy))
         rows = []
         for q, chosen in enumerate(tqdm(queries[:args.engine], desc=f"engine replay ({policy})", unit="query")):
@@ -234,8 +235,8 @@ def command(args: argparse.Namespace) -> int:
     if args.queries < 1 or args.k < 1 or not 0 <= args.recompute <= 1:
         raise ValueError("--queries and -k must be >= 1 and --recompute in [0, 1]")
     for policy in args.policies.split(","):
-        if policy.strip() not in (*POLICIES, ORACLE):
-            raise ValueError(f"unknown eviction policy {policy!r}; choose from {', '.join(POLICIES)}")
+        if policy.strip() not in (*POLICIES, *REFERENCES):
+            raise ValueError(f"unknown eviction policy {policy!r}; choose from {', '.join((*POLICIES, *REFERENCES))}")
     result = run(args)
     publish(result, table(result), args.json, args.plot, plot)
     return 0

@@ -19,14 +19,16 @@ Both count the template prefix as cached and the question as computed, so their 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-
+from collections import Counter
 from collections.abc import Hashable
+from dataclasses import dataclass, field
 
 from chunkcache.store.eviction import EntryInfo, EvictionPolicy, Residency, make_policy
 from chunkcache.store.eviction.heap import PriorityIndex
 
 ORACLE = "optimal"
+POPULARITY_ORACLE = "popularity"
+REFERENCES = (ORACLE, POPULARITY_ORACLE)  # not policies a server can run: each reads the whole trace first
 
 
 class Belady(EvictionPolicy):
@@ -60,6 +62,38 @@ class Belady(EvictionPolicy):
 
     def victim(self) -> Hashable | None:
         return self._index.lowest()
+
+
+class PopularityOracle(EvictionPolicy):
+    """The ceiling of online policies, for reference: it knows how often each chunk is requested over the
+    whole trace and keeps the most requested ones (ties: the one held longer goes), admitting a newcomer only
+    if it is requested at least as often as the victim. On a trace whose requests are independent draws from
+    a fixed popularity (the independent reference model), keeping the most popular entries is the optimal
+    online policy (algorithm A0 of Aho, Denning and Ullman, "Principles of Optimal Page Replacement", JACM
+    1971); an online frequency policy such as value-based can at best learn these counts as the trace goes.
+    The gap from here to ``optimal`` (Belady) is what only knowledge of the future buys."""
+
+    name = POPULARITY_ORACLE
+
+    def __init__(self, lookups: list[Hashable]) -> None:
+        self._count = Counter(lookups)
+        self._index = PriorityIndex()
+
+    def insert(self, key: Hashable, info: EntryInfo) -> None:
+        self._index.set(key, self._count[key])
+
+    def access(self, key: Hashable) -> None:
+        """Rank by the trace's count only: a hit changes nothing."""
+
+    def remove(self, key: Hashable) -> None:
+        self._index.discard(key)
+
+    def victim(self) -> Hashable | None:
+        return self._index.lowest()
+
+    def worth_admitting(self, key: Hashable, info: EntryInfo) -> bool:
+        victim = self._index.lowest()
+        return victim is None or self._count[key] >= self._count[victim]
 
 
 @dataclass
@@ -100,10 +134,11 @@ def replay_tiers(queries: list[list[int]], chunk_tokens: list[int], question_tok
     """Replay ``queries`` (chunk indices) through tiers of ``capacities`` bytes, fastest first, each evicting by
     ``policy``; ``chunk_tokens[c]`` is chunk c's length, ``question_tokens[q]`` query q's question length."""
     names = names or [f"tier{i}" for i in range(len(capacities))]
-    if policy == ORACLE:
+    if policy in REFERENCES:
         if len(capacities) != 1:
-            raise ValueError("the offline optimum is computed for one tier only")
-        tiers = [Residency(capacities[0], Belady([(str(c), "isolated") for q in queries for c in q]))]
+            raise ValueError(f"the reference policy {policy!r} is computed for one tier only")
+        reference = Belady if policy == ORACLE else PopularityOracle
+        tiers = [Residency(capacities[0], reference([(str(c), "isolated") for q in queries for c in q]))]
     else:
         tiers = [Residency(cap, make_policy(policy)) for cap in capacities]
     out = Replay(policy, list(capacities), [TierCount(n) for n in names])
