@@ -13,9 +13,11 @@ from chunkcache.strategies.graph import Graph
 from chunkcache.strategies.naive import Naive
 from chunkcache.strategies.parallel import Parallel
 from chunkcache.strategies.prefix import Prefix
+from chunkcache.strategies.relevance import Relevance
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Full, Prefix, Naive, Epic, CacheBlend, CacheCraft, Focus, APE, Parallel, Graph)
+    cls.name: cls for cls in (Full, Prefix, Naive, Epic, CacheBlend, CacheCraft, Focus, Relevance, APE, Parallel,
+                                Graph)
 }
 DEFAULT_STRATEGY = "focus"
 

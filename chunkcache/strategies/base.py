@@ -62,6 +62,8 @@ class Request:
     # read only the last prompt row, the question's attention to every prompt position [L]. None where no
     # model is at hand.
     probe: Callable[[list[ChunkRecord | None], list[int], bool], torch.Tensor] | None = None
+    # The assembled prompt's token ids [L] (what strategies that read the text, such as relevance, score).
+    ids: torch.Tensor | None = None
 
     def chunk_prefix_ids(self, i: int) -> list[str]:
         return self.layout.chunk_ids[:i]

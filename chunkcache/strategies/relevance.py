@@ -1,0 +1,103 @@
+"""``relevance``: recompute in full the chunks most relevant to the question, ranked without the stale cache.
+
+Why. A reused chunk was computed without the chunks now before it, and on the evaluation model
+(Qwen2.5-Coder-1.5B) that costs answers: on the needle set `naive` answers 26% of the questions `full`
+answers 94% of (50 questions). A diagnostic over the first 30 (``scripts/needle_gold_oracle.py``,
+2026-12-05, docs/benchmarks.md) says where the repair budget must go and how to find it:
+
+1. Recomputing exactly the passage that holds the answer, in full (16.7% of the context on average),
+   answers 27 of 30. A chunk recomputed whole gets all of its attention to the chunks before it back, which
+   token-level repair over stale neighbours does not: CacheBlend, Cache-Craft and ``focus`` at 13–42%
+   recompute answered 38–75% of the first 16.
+2. Ranking the passages by the question's attention over the reused cache — the signal of ``focus``,
+   ProphetKV (arXiv 2602.02579) and QCFuse (arXiv 2606.05875) — puts that passage first in 9–12 of 30,
+   whichever rows, layers or aggregate are used: the probe reads the same stale states that confuse the
+   answer, so it inherits their confusion. Word overlap with the question put it first in 30 of 30, and
+   BM25 on token ids (below) in 47 of all 50.
+
+What. Score each chunk by Okapi BM25 (Robertson and Zaragoza, "The Probabilistic Relevance Framework: BM25
+and Beyond", 2009, eq. 3.15) of the question's tokens over the request's own chunks, on token ids, so the
+scoring needs no tokenizer, no extra model and no pass over the model:
+
+    score(c) = Σ_{t ∈ q} IDF(t) · f(t, c) · (k1 + 1) / (f(t, c) + k1 · (1 − b + b · |c| / avgdl))
+    IDF(t)   = ln(1 + (N − n(t) + 0.5) / (n(t) + 0.5))
+
+with f(t, c) the count of token t in chunk c, N the request's chunks, n(t) how many of them hold t, avgdl
+their mean length, k1 = 1.2 and b = 0.75. Tokens every chunk shares (" the", punctuation, a repeated
+header) get an IDF near 0, so the names and numbers only some chunks hold decide the ranking — the role a
+retriever's relevance score plays, computed here from the prompt alone (plain chat prompts carry no scores).
+
+Then walk the stale chunks (reused and not exact in place) from the most relevant down and recompute each
+in full at every layer while the total stays within ⌈ratio · N_stale⌉ tokens. The first one is always
+taken: a chunk is the unit of repair, and the most relevant chunk alone may be larger than the budget (the
+reported recompute fraction shows it). The walk stops at the first chunk that does not fit rather than
+skipping to smaller, less relevant ones, and chunks that share no scored token with the question
+(score 0) are never chosen. The question and chunks without a record are computed as always.
+
+Where it loses: the needle questions name their object, the case lexical relevance is made for; a
+question worded differently from its passage (paraphrase, synonyms) ranks worse, as BM25 retrieval does, and
+one that shares no words with the chunk it needs (the second hop of a multi-hop question) gets no repair
+there; and no probe pass means no token-level repair of the rest. What it saves:
+the probe, a pass of the question over every layer with an explicit softmax, which made ``focus`` slower
+than ``full`` on the H100 at 2K-token prompts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import torch
+
+from chunkcache.kv.record import ChunkRecord
+from chunkcache.strategies.base import Plan, Request, Strategy, is_exact
+
+K1, B = 1.2, 0.75
+
+
+def bm25(query: list[int], docs: list[list[int]]) -> list[float]:
+    """Okapi BM25 of ``query`` (token ids) against each of ``docs``, IDF over ``docs`` (module docstring)."""
+    if not docs:
+        return []
+    counts = [Counter(d) for d in docs]
+    n = len(docs)
+    avgdl = sum(map(len, docs)) / n or 1.0
+    held = Counter(t for c in counts for t in c)
+    scores = []
+    for doc, c in zip(docs, counts):
+        norm = K1 * (1 - B + B * len(doc) / avgdl)
+        scores.append(sum(math.log1p((n - held[t] + 0.5) / (held[t] + 0.5)) * c[t] * (K1 + 1) / (c[t] + norm)
+                          for t in set(query) if c[t]))
+    return scores
+
+
+class Relevance(Strategy):
+    name = "relevance"
+    budget_param = "ratio"
+
+    def __init__(self, ratio: float = 0.15) -> None:
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError("relevance's ratio must be in [0, 1]")
+        self.ratio = ratio
+        self.expected_recompute = ratio
+
+    def select(self, req: Request, records: list[ChunkRecord | None], must: torch.Tensor) -> Plan:
+        layout = req.layout
+        stale = [i for i, rec in enumerate(records) if rec is not None and not is_exact(req, i, rec)]
+        if not stale or self.ratio == 0.0:
+            return Plan(must)
+        if req.ids is None:
+            raise ValueError("relevance needs the prompt's token ids (Request.ids)")
+        ids = req.ids.tolist()
+        scores = bm25(ids[layout.question.start:layout.question.end],
+                      [ids[span.start:span.end] for span in layout.chunks])
+        budget = math.ceil(self.ratio * sum(len(layout.chunks[i]) for i in stale) - 1e-9)
+        picked: list[torch.Tensor] = []
+        used = 0
+        for i in sorted(stale, key=lambda i: (-scores[i], i)):
+            size = len(layout.chunks[i])
+            if scores[i] <= 0 or (picked and used + size > budget):
+                break
+            picked.append(layout.chunks[i].range())
+            used += size
+        return Plan(torch.cat([must, *picked]))
