@@ -3,7 +3,7 @@
     chunkcache bench --dataset PATH_OR_NAME --strategies full,prefix,naive,epic,cacheblend,cachecraft
                      --limit N --max-new-tokens T --json OUT.json [--plot OUT.png] [--model PATH]
                      [--device cpu|cuda] [--dtype float32|bfloat16] [--sweep] [--time-limit S]
-    chunkcache bench serve [--url URL | --in-process] --strategies full,prefix,focus --json OUT.json ...
+    chunkcache bench serve [--url URL | --in-process] --strategies full,prefix,relevance --json OUT.json ...
     chunkcache bench workload [--queries N] [--zipf S] [--policies lru,lfu,value] --json OUT.json ...
     chunkcache bench select [--queries N] [--zipf S] [--budgets 100,200,...] --json OUT.json ...
 
@@ -28,7 +28,7 @@ from chunkcache.bench.environment import hardware, split_specs
 from chunkcache.bench.report import plot, table, write_json
 from chunkcache.bench.runner import expand, run
 
-DEFAULT_STRATEGIES = "full,prefix,naive,epic,cacheblend,cachecraft,focus,ape"
+DEFAULT_STRATEGIES = "full,prefix,naive,epic,cacheblend,cachecraft,focus,relevance,ape"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float, default=None, metavar="S",
                    help="start no new example after S seconds; the JSON then reports the examples completed")
     p.add_argument("--sweep", action="store_true",
-                   help="also sweep k (epic), ratio (cacheblend, focus) and alpha (cachecraft)")
+                   help="also sweep k (epic), ratio (cacheblend, focus, relevance) and alpha (cachecraft)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="keep chunk records here between runs (default: in memory only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -36,12 +36,14 @@ from chunkcache.engine.decode import teacher_force
 from chunkcache.engine.reuse import ReuseEngine
 from chunkcache.strategies import make_strategy
 
-# Parameter grids beside each family's default (epic k=16, cacheblend ratio=0.15, cachecraft alpha=0.3).
+# Parameter grids beside each family's default (epic k=16, cacheblend, focus and relevance ratio=0.15,
+# cachecraft alpha=0.3).
 SWEEPS = {
     "epic": [f"epic:k={k}" for k in (4, 64)],
     "cacheblend": [f"cacheblend:ratio={r}" for r in (0.05, 0.3, 0.5)],
     "cachecraft": [f"cachecraft:alpha={a}" for a in (0.1, 0.2, 0.5, 0.8)],
     "focus": [f"focus:ratio={r}" for r in (0.05, 0.1, 0.2, 0.3)],
+    "relevance": [f"relevance:ratio={r}" for r in (0.3, 0.5)],
 }
 METRICS = ["f1", "accuracy", "first_token_agreement", "first_token_kl", "answer_token_agreement", "answer_token_kl",
            "answer_kl_mean", "rougeL_vs_full", "exact_match_vs_full", "recompute_fraction", "prefill_flops",

@@ -1,9 +1,9 @@
 """``chunkcache bench serve``: throughput and latency of the serving engine under a RAG request trace.
 
     chunkcache bench serve --url http://127.0.0.1:8000 --json serve.json           # a server already running
-    chunkcache bench serve --strategies full,prefix,focus --json serve.json --plot serve.png
+    chunkcache bench serve --strategies full,prefix,relevance --json serve.json --plot serve.png
     python -m chunkcache.bench.serve --in-process --model-shape llama3-8b --device cuda \\
-        --strategies full,prefix,focus --requests 200 --clients 16 --json serve-gpu.json
+        --strategies full,prefix,relevance --requests 200 --clients 16 --json serve-gpu.json
 
 The trace (``workload.py``) is Zipf-popular MuSiQue chunk sets with shuffled passage orders. Three modes:
 
@@ -32,7 +32,7 @@ from chunkcache.bench.report import write_json
 from chunkcache.bench.serve_report import plot, request_rows, summarize, table
 from chunkcache.bench.workload import TraceRequest, make_trace, musique_sets
 
-DEFAULT_STRATEGIES = "full,prefix,focus"
+DEFAULT_STRATEGIES = "full,prefix,relevance"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (Full, Prefix, Naive, Epic, CacheBlend, CacheCraft, Focus, Relevance, APE, Parallel,
                                 Graph)
 }
-DEFAULT_STRATEGY = "focus"
+DEFAULT_STRATEGY = "relevance"
 
 
 def make_strategy(spec: str) -> Strategy:
