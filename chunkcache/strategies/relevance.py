@@ -28,11 +28,18 @@ header) get an IDF near 0, so the names and numbers only some chunks hold decide
 retriever's relevance score plays, computed here from the prompt alone (plain chat prompts carry no scores).
 
 Then walk the stale chunks (reused and not exact in place) from the most relevant down and recompute each
-in full at every layer while the total stays within ⌈ratio · N_stale⌉ tokens. The first one is always
-taken: a chunk is the unit of repair, and the most relevant chunk alone may be larger than the budget (the
-reported recompute fraction shows it). The walk stops at the first chunk that does not fit rather than
-skipping to smaller, less relevant ones, and chunks that share no scored token with the question
-(score 0) are never chosen. The question and chunks without a record are computed as always.
+in full at every layer while the total stays within the budget β = ⌈ratio · N_stale⌉ tokens. A chunk is the
+unit of repair, so the budget is rounded to whole chunks: the most relevant chunk is taken whole if it costs
+at most 2β (the reported recompute fraction shows the overshoot); a larger one gets only its first β tokens,
+which, recomputed in order, see the chunks before them as a whole chunk would. After it, chunks are taken
+only while they fit. The walk stops at the first chunk that does not fit rather than skipping to smaller,
+less relevant ones, and chunks that share no scored token with the question (score 0) are never chosen.
+The question and chunks without a record are computed as always.
+
+``rest=probe`` spends what the whole chunks leave of the budget on single tokens, as ``focus`` does: the
+stale tokens the prompt's last row attends to most in a probe over the repaired-to-be context. On a
+multi-hop question the passage that holds the answer is reached through a bridge entity the question does
+not name, which BM25 cannot find but the question's attention may. It costs the probe pass.
 
 Where it loses: the needle questions name their object, the case lexical relevance is made for; a
 question worded differently from its passage (paraphrase, synonyms) ranks worse, as BM25 retrieval does, and
@@ -75,10 +82,12 @@ class Relevance(Strategy):
     name = "relevance"
     budget_param = "ratio"
 
-    def __init__(self, ratio: float = 0.15) -> None:
+    def __init__(self, ratio: float = 0.15, rest: str = "none") -> None:
         if not 0.0 <= ratio <= 1.0:
             raise ValueError("relevance's ratio must be in [0, 1]")
-        self.ratio = ratio
+        if rest not in ("none", "probe"):
+            raise ValueError("relevance's rest must be 'none' or 'probe'")
+        self.ratio, self.rest = ratio, rest
         self.expected_recompute = ratio
 
     def select(self, req: Request, records: list[ChunkRecord | None], must: torch.Tensor) -> Plan:
@@ -95,9 +104,27 @@ class Relevance(Strategy):
         picked: list[torch.Tensor] = []
         used = 0
         for i in sorted(stale, key=lambda i: (-scores[i], i)):
-            size = len(layout.chunks[i])
-            if scores[i] <= 0 or (picked and used + size > budget):
+            span = layout.chunks[i]
+            if scores[i] <= 0 or used + len(span) > (budget if picked else 2 * budget):
+                if not picked and scores[i] > 0:  # the most relevant chunk, far larger than the budget
+                    picked.append(torch.arange(span.start, span.start + budget))
+                    used = budget
                 break
-            picked.append(layout.chunks[i].range())
-            used += size
+            picked.append(span.range())
+            used += len(span)
+        if self.rest == "probe" and used < budget:
+            picked.append(self._probed_tokens(req, records, stale, picked, budget - used))
         return Plan(torch.cat([must, *picked]))
+
+    @staticmethod
+    def _probed_tokens(req: Request, records: list[ChunkRecord | None], stale: list[int],
+                       picked: list[torch.Tensor], n: int) -> torch.Tensor:
+        """``rest=probe``: the ``n`` stale tokens outside the picked chunks that the prompt's last row attends
+        to most over every layer (``focus``'s probe, engine/probe.py), ties by position."""
+        if req.probe is None:
+            raise ValueError("relevance:rest=probe needs the engine's question probe (Request.probe)")
+        scores = req.probe(records, list(range(req.n_layers)), True)
+        rest = torch.cat([req.layout.chunks[i].range() for i in stale])
+        if picked:
+            rest = rest[~torch.isin(rest, torch.cat(picked))]
+        return rest[torch.argsort(-scores[rest], stable=True)[:n]]

@@ -25,10 +25,10 @@ def rec(cid: str) -> ChunkRecord:
     return ChunkRecord(cid, list(range(10)), kv, [v.clone() for v in kv], "fp", [])
 
 
-def request(chunks: list[list[int]], question: list[int], cands=None) -> Request:
+def request(chunks: list[list[int]], question: list[int], cands=None, probe=None) -> Request:
     ids = torch.tensor([1] * 5 + [t for c in chunks for t in c] + question)
     cands = cands if cands is not None else [[rec(c)] for c in "ABCD"]
-    return Request(LAYOUT, cands, LAYERS, None, ids)
+    return Request(LAYOUT, cands, LAYERS, probe, ids)
 
 
 def test_bm25_ranks_by_rare_shared_tokens_and_ignores_what_every_doc_holds():
@@ -39,12 +39,17 @@ def test_bm25_ranks_by_rare_shared_tokens_and_ignores_what_every_doc_holds():
     assert bm25([99], docs) == [0.0] * 4 and bm25([1], []) == []
 
 
-def test_most_relevant_stale_chunk_is_recomputed_whole():
+def test_most_relevant_stale_chunk_is_recomputed_whole_up_to_twice_the_budget_else_its_start():
     chunks = [[RARE, OTHER] + [COMMON] * 8,  # A: the most relevant, but exact after the template: never repaired
               [COMMON] * 10, [COMMON] * 9 + [RARE], [COMMON] * 5]
-    plan = make_strategy("relevance:ratio=0.15").decide(request(chunks, [RARE, OTHER, COMMON, 2, 3])).plan
-    # stale: B, C, D (25 tokens), budget ceil(3.75) = 4; C is taken whole although it is larger than the budget
+    question = [RARE, OTHER, COMMON, 2, 3]
+    # stale: B, C, D (25 tokens). ratio 0.2: budget 5, and C (10 tokens, at most twice that) is taken whole;
+    # B and D hold only the common token and would not fit after it
+    plan = make_strategy("relevance:ratio=0.2").decide(request(chunks, question)).plan
     assert plan.initial.tolist() == list(range(25, 35)) + QUESTION
+    # ratio 0.15: budget 4, C is more than twice that: only its first 4 tokens
+    plan = make_strategy("relevance:ratio=0.15").decide(request(chunks, question)).plan
+    assert plan.initial.tolist() == list(range(25, 29)) + QUESTION
 
 
 def test_walk_stops_at_the_first_chunk_that_does_not_fit_and_skips_irrelevant_ones():
@@ -79,9 +84,28 @@ def test_on_the_model_it_recomputes_the_chunk_that_names_the_question_s_subject(
     for ids in chunks:
         engine.precompute(ids)
     q = engine.template.encode_question("Where is the violet lantern stored?")
-    pre = engine.prefill(chunks, q, make_strategy("relevance"))
+    pre = engine.prefill(chunks, q, make_strategy("relevance:ratio=0.5"))
     layout = pre.layout
     computed = set(pre.decision.plan.initial.tolist())
     assert set(layout.chunks[1].range().tolist()) <= computed  # the lantern's passage, in full
     assert not computed & set(layout.chunks[2].range().tolist())
     assert pre.stats.recompute_fraction == pytest.approx(len(layout.chunks[1]) / layout.context_tokens)
+
+
+def test_rest_probe_spends_what_whole_chunks_leave_on_the_tokens_the_last_row_reads():
+    chunks = [[COMMON] * 10, [COMMON] * 9 + [OTHER], [COMMON] * 9 + [RARE], [RARE, OTHER, COMMON, 2, 2]]
+    calls: list = []
+
+    def probe(records, layers, last_row):
+        calls.append((layers, last_row))
+        return torch.arange(45, dtype=torch.float32)  # later positions read more
+
+    req = request(chunks, [RARE, OTHER, 2, 3, 4], probe=probe)
+    plan = make_strategy("relevance:ratio=0.5,rest=probe").decide(req).plan
+    # budget ceil(0.5 * 25) = 13: D (5) whole, B (10) does not fit; the 8 left go to the most read stale
+    # tokens outside D: the end of C
+    assert plan.initial.tolist() == list(range(27, 35)) + list(range(35, 40)) + QUESTION
+    assert calls == [(list(range(LAYERS)), True)]
+    assert make_strategy("relevance:ratio=0.5").decide(req).plan.initial.tolist() == list(range(35, 40)) + QUESTION
+    with pytest.raises(ValueError):
+        make_strategy("relevance:rest=all")
