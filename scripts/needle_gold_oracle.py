@@ -23,7 +23,7 @@ from chunkcache.bench.metrics import accuracy
 from chunkcache.bench.runner import fit_passages
 from chunkcache.engine.reuse import ReuseEngine
 from chunkcache.models.loader import load_model
-from chunkcache.strategies.base import Plan, Request, Strategy, is_exact
+from chunkcache.strategies.base import Plan, Request, Strategy, stale_chunks
 
 STOP = {"what", "which", "the", "code", "for", "of", "is", "a", "an", "number", "four", "digit", "given", "listed"}
 
@@ -38,7 +38,7 @@ class GoldPassage(Strategy):
 
     def select(self, req: Request, records, must: torch.Tensor) -> Plan:
         chunks, n = req.layout.chunks, req.n_layers
-        stale = [i for i, r in enumerate(records) if r is not None and not is_exact(req, i, r)]
+        stale = stale_chunks(req, records)
         probes = {"all_rows": (list(range(n)), False), "last_row": (list(range(n)), True),
                   "last_row_deep_half": (list(range(n // 2, n)), True)}
         for name, (layers, last) in probes.items():

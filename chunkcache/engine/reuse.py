@@ -92,7 +92,7 @@ def decide_and_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefi
         probed[:] = [(ws, result)]
         return scores
 
-    req = Request(layout, cands, model.shape.n_layers, probe, ids.reshape(-1))
+    req = Request(layout, cands, model.shape.n_layers, probe, ids)
     decision = strategy.decide(req)
     result = partial_prefill(model, ids, layout, prefix, decision.records, decision.plan, reserve=reserve,
                              stats=stats, workspace=probed[0][0] if probed else None)

@@ -160,3 +160,8 @@ def is_exact(req: Request, i: int, rec: ChunkRecord | None) -> bool:
     """Whether chunk i can reuse ``rec`` as is: the record is exact (``ChunkRecord.exact``: computed in full
     over exact states) and was computed after exactly the chunks that now precede it."""
     return rec is not None and bool(rec.exact) and rec.prefix_ids == req.chunk_prefix_ids(i)
+
+
+def stale_chunks(req: Request, records: list[ChunkRecord | None]) -> list[int]:
+    """Indices of the chunks a repair may touch: reused from a record that is not exact in place."""
+    return [i for i, rec in enumerate(records) if rec is not None and not is_exact(req, i, rec)]

@@ -35,7 +35,7 @@ import math
 import torch
 
 from chunkcache.kv.record import ChunkRecord
-from chunkcache.strategies.base import Plan, Request, Strategy, is_exact
+from chunkcache.strategies.base import Plan, Request, Strategy, stale_chunks
 
 
 class BlendPlan(Plan):
@@ -104,8 +104,7 @@ class CacheBlend(Strategy):
                 f"cacheblend filters at layers {self.check_layer}..{last}, but the model has {req.n_layers} "
                 f"layers: the last filtering layer must be at most {req.n_layers - 2}")
         layout = req.layout
-        inexact = [span.range() for i, (span, rec) in enumerate(zip(layout.chunks, records))
-                   if rec is not None and not is_exact(req, i, rec)]
+        inexact = [layout.chunks[i].range() for i in stale_chunks(req, records)]
         if not inexact:
             return Plan(must)
         candidates = torch.cat(inexact)

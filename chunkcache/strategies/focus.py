@@ -47,7 +47,7 @@ import math
 import torch
 
 from chunkcache.kv.record import ChunkRecord
-from chunkcache.strategies.base import Plan, Request, Strategy, is_exact
+from chunkcache.strategies.base import Plan, Request, Strategy, stale_chunks
 
 
 class Focus(Strategy):
@@ -71,8 +71,7 @@ class Focus(Strategy):
 
     def select(self, req: Request, records: list[ChunkRecord | None], must: torch.Tensor) -> Plan:
         layout = req.layout
-        stale = [span.range() for i, (span, rec) in enumerate(zip(layout.chunks, records))
-                 if rec is not None and not is_exact(req, i, rec)]
+        stale = [layout.chunks[i].range() for i in stale_chunks(req, records)]
         if not stale or self.ratio == 0.0:
             return Plan(must)
         candidates = torch.cat(stale)
@@ -81,9 +80,14 @@ class Focus(Strategy):
             raise ValueError("focus needs the engine's question probe (Request.probe)")
         scores = req.probe(records, self.probe_layers(req.n_layers), self.rows == "last")
         picked = _whole_chunks(stale, scores, budget) if self.unit == "chunk" else []
-        rest = candidates[~torch.isin(candidates, torch.cat(picked))] if picked else candidates
-        order = torch.argsort(-scores[rest], stable=True)[:budget - sum(p.numel() for p in picked)]
-        return Plan(torch.cat([must, *picked, rest[order]]))
+        rest = top_tokens(scores, candidates, picked, budget - sum(p.numel() for p in picked))
+        return Plan(torch.cat([must, *picked, rest]))
+
+
+def top_tokens(scores: torch.Tensor, candidates: torch.Tensor, picked: list[torch.Tensor], n: int) -> torch.Tensor:
+    """The ``n`` ``candidates`` with the highest ``scores`` that are not already ``picked``, ties by position."""
+    rest = candidates[~torch.isin(candidates, torch.cat(picked))] if picked else candidates
+    return rest[torch.argsort(-scores[rest], stable=True)[:n]]
 
 
 def _whole_chunks(stale: list[torch.Tensor], scores: torch.Tensor, budget: int) -> list[torch.Tensor]:

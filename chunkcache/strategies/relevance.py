@@ -57,7 +57,8 @@ from collections import Counter
 import torch
 
 from chunkcache.kv.record import ChunkRecord
-from chunkcache.strategies.base import Plan, Request, Strategy, is_exact
+from chunkcache.strategies.base import Plan, Request, Strategy, stale_chunks
+from chunkcache.strategies.focus import top_tokens
 
 K1, B = 1.2, 0.75
 
@@ -92,7 +93,7 @@ class Relevance(Strategy):
 
     def select(self, req: Request, records: list[ChunkRecord | None], must: torch.Tensor) -> Plan:
         layout = req.layout
-        stale = [i for i, rec in enumerate(records) if rec is not None and not is_exact(req, i, rec)]
+        stale = stale_chunks(req, records)
         if not stale or self.ratio == 0.0:
             return Plan(must)
         if req.ids is None:
@@ -124,7 +125,4 @@ class Relevance(Strategy):
         if req.probe is None:
             raise ValueError("relevance:rest=probe needs the engine's question probe (Request.probe)")
         scores = req.probe(records, list(range(req.n_layers)), True)
-        rest = torch.cat([req.layout.chunks[i].range() for i in stale])
-        if picked:
-            rest = rest[~torch.isin(rest, torch.cat(picked))]
-        return rest[torch.argsort(-scores[rest], stable=True)[:n]]
+        return top_tokens(scores, torch.cat([req.layout.chunks[i].range() for i in stale]), picked, n)

@@ -10,7 +10,8 @@ from chunkcache.cli import main
 
 def test_workload_bench_sweeps_policies_and_capacities(tmp_path, capsys):
     out, png = tmp_path / "w.json", tmp_path / "w.png"
-    assert main(["bench", "workload", "--queries", "80", "--capacities", "10%,100%", "--policies", "lru,value,popularity,optimal",
+    assert main(["bench", "workload", "--queries", "80", "--capacities", "10%,100%",
+                 "--policies", "lru,value,popularity,optimal",
                  "--json", str(out), "--plot", str(png)]) == 0
     res = json.loads(out.read_text())
     rows = {(r["policy"], round(r["capacity_share"], 2)): r for r in res["sweep"]}
