@@ -19,13 +19,27 @@ What. Score each chunk by Okapi BM25 (Robertson and Zaragoza, "The Probabilistic
 and Beyond", 2009, eq. 3.15) of the question's tokens over the request's own chunks, on token ids, so the
 scoring needs no tokenizer, no extra model and no pass over the model:
 
-    score(c) = Σ_{t ∈ q} IDF(t) · f(t, c) · (k1 + 1) / (f(t, c) + k1 · (1 − b + b · |c| / avgdl))
+    score(c) = Σ_{t ∈ q} w(t) · IDF(t) · f(t, c) · (k1 + 1) / (f(t, c) + k1 · (1 − b + b · |c| / avgdl))
     IDF(t)   = ln(1 + (N − n(t) + 0.5) / (n(t) + 0.5))
+    w(t)     = ln(2 + t)
 
 with f(t, c) the count of token t in chunk c, N the request's chunks, n(t) how many of them hold t, avgdl
 their mean length, k1 = 1.2 and b = 0.75. Tokens every chunk shares (" the", punctuation, a repeated
 header) get an IDF near 0, so the names and numbers only some chunks hold decide the ranking — the role a
 retriever's relevance score plays, computed here from the prompt alone (plain chat prompts carry no scores).
+
+IDF over a handful of chunks is a poor estimate of how rare a token is: among six passages " of" held by two
+weighs as much as " red" held by two. The corpus statistics a retriever would use are baked into the
+tokenizer: a BPE vocabulary (Sennrich et al., ACL 2016) numbers its tokens in the order their merges were
+learned, most frequent first, so a token's id approximates its frequency rank r, and under Zipf's law
+(p ∝ 1/r) its self-information −ln p is ln r plus a constant. w(t) is that prior (ln(2 + id), positive for
+every id). Measured by ``scripts/relevance_ranking.py`` (2026-12-07, results/relevance_ranking.json): with
+Qwen2.5-Coder-1.5B's tokenizer the answer's passage ranks first in 50 of 50 needle questions with w against
+47 without (the misses were "code of the red river" outranking "red anchor: code 7422" for "the code of
+the red anchor"), and in 15 of the 35 MuSiQue questions whose answer string occurs in a passage against 13;
+with SmolLM2's and Gemma 3's, 49 against 47 on needle and 15 against 14, 13 against 13 on MuSiQue. A
+vocabulary not in frequency order would make w noise; over the passages of both sets, id and frequency rank
+correlate (Spearman) 0.42, 0.44 and 0.40 for the three.
 
 Then walk the stale chunks (reused and not exact in place) from the most relevant down and recompute each
 in full at every layer while the total stays within the budget β = ⌈ratio · N_stale⌉ tokens. A chunk is the
@@ -63,8 +77,9 @@ from chunkcache.strategies.focus import top_tokens
 K1, B = 1.2, 0.75
 
 
-def bm25(query: list[int], docs: list[list[int]]) -> list[float]:
-    """Okapi BM25 of ``query`` (token ids) against each of ``docs``, IDF over ``docs`` (module docstring)."""
+def bm25(query: list[int], docs: list[list[int]], prior: bool = True) -> list[float]:
+    """Okapi BM25 of ``query`` (token ids) against each of ``docs``, IDF over ``docs``, each token weighted by
+    its vocabulary-rank prior ln(2 + id) (module docstring; ``prior=False``: plain BM25, for comparison)."""
     if not docs:
         return []
     counts = [Counter(d) for d in docs]
@@ -74,8 +89,8 @@ def bm25(query: list[int], docs: list[list[int]]) -> list[float]:
     scores = []
     for doc, c in zip(docs, counts):
         norm = K1 * (1 - B + B * len(doc) / avgdl)
-        scores.append(sum(math.log1p((n - held[t] + 0.5) / (held[t] + 0.5)) * c[t] * (K1 + 1) / (c[t] + norm)
-                          for t in set(query) if c[t]))
+        scores.append(sum((math.log(2 + t) if prior else 1.0) * math.log1p((n - held[t] + 0.5) / (held[t] + 0.5))
+                          * c[t] * (K1 + 1) / (c[t] + norm) for t in set(query) if c[t]))
     return scores
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -37,6 +39,17 @@ def test_bm25_ranks_by_rare_shared_tokens_and_ignores_what_every_doc_holds():
     assert s[2] > s[1] > s[0] > 0  # both rare tokens > one > only the common one
     assert s[0] == pytest.approx(s[3], rel=0.2)  # what every document holds barely separates them
     assert bm25([99], docs) == [0.0] * 4 and bm25([1], []) == []
+
+
+def test_vocabulary_rank_prior_breaks_a_tie_of_idf_toward_the_later_token_id():
+    # each query token is held by one document: plain BM25 ties; the prior ln(2 + id) favours the token a BPE
+    # vocabulary learned later, the rarer one (an id near 3000 weighs more than 5)
+    docs = [[COMMON, 9], [5, 9], [3000, 9]]
+    plain = bm25([5, 3000], docs, prior=False)
+    assert plain[1] == pytest.approx(plain[2]) and plain[0] == 0
+    weighted = bm25([5, 3000], docs)
+    assert weighted[2] > weighted[1] > 0
+    assert weighted[2] / weighted[1] == pytest.approx(math.log(3002) / math.log(7))
 
 
 def test_most_relevant_stale_chunk_is_recomputed_whole_up_to_twice_the_budget_else_its_start():
