@@ -50,17 +50,22 @@ only while they fit. The walk stops at the first chunk that does not fit rather 
 less relevant ones, and chunks that share no scored token with the question (score 0) are never chosen.
 The question and chunks without a record are computed as always.
 
-``rest=probe`` spends what the whole chunks leave of the budget on single tokens, as ``focus`` does: the
-stale tokens the prompt's last row attends to most in a probe over the repaired-to-be context. On a
+``rest=probe`` (the default) spends what the whole chunks leave of the budget on single tokens, as ``focus``
+does: the stale tokens the prompt's last row attends to most in a probe over the repaired-to-be context. On a
 multi-hop question the passage that holds the answer is reached through a bridge entity the question does
-not name, which BM25 cannot find but the question's attention may. It costs the probe pass.
+not name, which BM25 cannot find but the question's attention may. Measured on MuSiQue (Qwen2.5-Coder-1.5B,
+first 21 questions, 2026-12-07, docs/benchmarks.md): ``rest=none`` answers no better than ``naive`` (F1 0.150
+against 0.157; a passage is a tenth of the context, so one fits in the budget), the hybrid at ratio 0.2 gets
+F1 0.212 at 18% recompute, level with ``focus`` (0.223; paired difference −0.01 [−0.04, +0.02]); on needle it
+keeps whole-passage repair's accuracy (same doc). ``ratio`` 0.2 is the issue's recompute bar; the top chunk's
+overshoot (up to 2β) is the exception the reported recompute fraction shows.
 
 Where it loses: the needle questions name their object, the case lexical relevance is made for; a
 question worded differently from its passage (paraphrase, synonyms) ranks worse, as BM25 retrieval does, and
-one that shares no words with the chunk it needs (the second hop of a multi-hop question) gets no repair
-there; and no probe pass means no token-level repair of the rest. What it saves:
-the probe, a pass of the question over every layer with an explicit softmax, which made ``focus`` slower
-than ``full`` on the H100 at 2K-token prompts.
+one that shares no words with the chunk it needs gets only the probe's token-level repair there. What it
+costs: the probe, a pass of the question over every layer with an explicit softmax, which made ``focus``
+slower than ``full`` on the H100 at 2K-token prompts. It runs only when whole chunks leave part of the budget;
+``rest=none`` never runs it.
 """
 
 from __future__ import annotations
@@ -98,7 +103,7 @@ class Relevance(Strategy):
     name = "relevance"
     budget_param = "ratio"
 
-    def __init__(self, ratio: float = 0.15, rest: str = "none") -> None:
+    def __init__(self, ratio: float = 0.2, rest: str = "probe") -> None:
         if not 0.0 <= ratio <= 1.0:
             raise ValueError("relevance's ratio must be in [0, 1]")
         if rest not in ("none", "probe"):

@@ -58,31 +58,31 @@ def test_most_relevant_stale_chunk_is_recomputed_whole_up_to_twice_the_budget_el
     question = [RARE, OTHER, COMMON, 2, 3]
     # stale: B, C, D (25 tokens). ratio 0.2: budget 5, and C (10 tokens, at most twice that) is taken whole;
     # B and D hold only the common token and would not fit after it
-    plan = make_strategy("relevance:ratio=0.2").decide(request(chunks, question)).plan
+    plan = make_strategy("relevance:ratio=0.2,rest=none").decide(request(chunks, question)).plan
     assert plan.initial.tolist() == list(range(25, 35)) + QUESTION
     # ratio 0.15: budget 4, C is more than twice that: only its first 4 tokens
-    plan = make_strategy("relevance:ratio=0.15").decide(request(chunks, question)).plan
+    plan = make_strategy("relevance:ratio=0.15,rest=none").decide(request(chunks, question)).plan
     assert plan.initial.tolist() == list(range(25, 29)) + QUESTION
 
 
 def test_walk_stops_at_the_first_chunk_that_does_not_fit_and_skips_irrelevant_ones():
     chunks = [[COMMON] * 10, [COMMON] * 9 + [OTHER], [COMMON] * 9 + [RARE], [RARE, OTHER, COMMON, 2, 2]]
     question = [RARE, OTHER, 2, 3, 4]
-    plan = make_strategy("relevance:ratio=0.6").decide(request(chunks, question)).plan
+    plan = make_strategy("relevance:ratio=0.6,rest=none").decide(request(chunks, question)).plan
     # D holds both rare tokens and 2; B and C one each (a tie, broken by position). Budget ceil(0.6 * 25) = 15:
     # D (5) and B (10) fit, C would not, so the walk stops there
     assert plan.initial.tolist() == list(range(15, 25)) + list(range(35, 40)) + QUESTION
     # nothing shares a scored token with the question: nothing is repaired, whatever the budget
-    plan = make_strategy("relevance:ratio=1").decide(request(chunks, [3, 4, 5, 6, 8])).plan
+    plan = make_strategy("relevance:ratio=1,rest=none").decide(request(chunks, [3, 4, 5, 6, 8])).plan
     assert plan.initial.tolist() == QUESTION
 
 
 def test_missing_chunks_are_computed_and_ratio_zero_repairs_nothing():
     chunks = [[COMMON] * 10, [RARE] * 10, [COMMON] * 10, [COMMON] * 5]
     cands = [[rec("A")], [], [rec("C")], [rec("D")]]
-    plan = make_strategy("relevance").decide(request(chunks, [RARE, 2, 3, 4, 5], cands)).plan
+    plan = make_strategy("relevance:rest=none").decide(request(chunks, [RARE, 2, 3, 4, 5], cands)).plan
     assert plan.initial.tolist() == list(range(15, 25)) + QUESTION  # B computed (no record); C, D score 0
-    plan = make_strategy("relevance:ratio=0").decide(request(chunks, [COMMON, 2, 3, 4, 5])).plan
+    plan = make_strategy("relevance:ratio=0,rest=none").decide(request(chunks, [COMMON, 2, 3, 4, 5])).plan
     assert plan.initial.tolist() == QUESTION
     with pytest.raises(ValueError):
         make_strategy("relevance:ratio=2")
@@ -97,12 +97,20 @@ def test_on_the_model_it_recomputes_the_chunk_that_names_the_question_s_subject(
     for ids in chunks:
         engine.precompute(ids)
     q = engine.template.encode_question("Where is the violet lantern stored?")
-    pre = engine.prefill(chunks, q, make_strategy("relevance:ratio=0.5"))
+    pre = engine.prefill(chunks, q, make_strategy("relevance:ratio=0.5,rest=none"))
     layout = pre.layout
     computed = set(pre.decision.plan.initial.tolist())
     assert set(layout.chunks[1].range().tolist()) <= computed  # the lantern's passage, in full
     assert not computed & set(layout.chunks[2].range().tolist())
     assert pre.stats.recompute_fraction == pytest.approx(len(layout.chunks[1]) / layout.context_tokens)
+
+
+def test_default_is_the_hybrid_and_without_a_probe_it_says_so():
+    strategy = make_strategy("relevance")
+    assert (strategy.ratio, strategy.rest) == (0.2, "probe")
+    chunks = [[COMMON] * 10, [COMMON] * 10, [COMMON] * 10, [COMMON] * 5]
+    with pytest.raises(ValueError, match="probe"):  # no chunk is relevant: the whole budget goes to the probe
+        strategy.decide(request(chunks, [3, 4, 5, 6, 8]))
 
 
 def test_rest_probe_spends_what_whole_chunks_leave_on_the_tokens_the_last_row_reads():
@@ -119,6 +127,6 @@ def test_rest_probe_spends_what_whole_chunks_leave_on_the_tokens_the_last_row_re
     # tokens outside D: the end of C
     assert plan.initial.tolist() == list(range(27, 35)) + list(range(35, 40)) + QUESTION
     assert calls == [(list(range(LAYERS)), True)]
-    assert make_strategy("relevance:ratio=0.5").decide(req).plan.initial.tolist() == list(range(35, 40)) + QUESTION
+    assert make_strategy("relevance:ratio=0.5,rest=none").decide(req).plan.initial.tolist() == list(range(35, 40)) + QUESTION
     with pytest.raises(ValueError):
         make_strategy("relevance:rest=all")
