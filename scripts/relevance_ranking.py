@@ -62,8 +62,8 @@ def main() -> None:
         for name, (examples, first) in sets.items():
             for prior in (True, False):
                 ranks = answer_ranks(tok, examples, first, prior)
-                row[f"{name}_{'with' if prior else 'without'}_prior"] = {"n": len(ranks), "first": sum(r == 0 for r in ranks),
-                                                "top2": sum(r <= 1 for r in ranks)}
+                key = f"{name}_{'with' if prior else 'without'}_prior"
+                row[key] = {"n": len(ranks), "first": sum(r == 0 for r in ranks), "top2": sum(r <= 1 for r in ranks)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:
