@@ -23,18 +23,21 @@ from chunkcache.models.loader import resolve_model_dir
 from chunkcache.strategies.relevance import bm25
 
 
-def answer_ranks(tok, examples: list[Example], first: int, prior: bool) -> list[int]:
-    """Rank (0 = first) of the best-ranked passage holding the answer, among passages ``first`` on."""
-    ranks = []
+def answer_ranks(tok, examples: list[Example], first: int) -> dict[bool, list[int]]:
+    """Rank (0 = first) of the best-ranked passage holding the answer, among passages ``first`` on, with the
+    prior (key True) and without (False)."""
+    ranks: dict[bool, list[int]] = {True: [], False: []}
     for ex in examples:
         docs = [tok(p, add_special_tokens=False)["input_ids"] for p in ex.passages]
         gold = [i for i, p in enumerate(ex.passages)
                 if i >= first and any(a.lower() in p.lower() for a in ex.answers)]
         if not gold:
             continue
-        s = bm25(tok(ex.question, add_special_tokens=False)["input_ids"], docs, prior)
-        order = sorted(range(first, len(docs)), key=lambda i: (-s[i], i))
-        ranks.append(min(order.index(g) for g in gold))
+        question = tok(ex.question, add_special_tokens=False)["input_ids"]
+        for prior, out in ranks.items():
+            s = bm25(question, docs, prior)
+            order = sorted(range(first, len(docs)), key=lambda i: (-s[i], i))
+            out.append(min(order.index(g) for g in gold))
     return ranks
 
 
@@ -60,8 +63,7 @@ def main() -> None:
         tok = AutoTokenizer.from_pretrained(resolve_model_dir(model))
         row = {"model": model, "id_frequency_spearman": round(id_frequency_spearman(tok, texts), 3)}
         for name, (examples, first) in sets.items():
-            for prior in (True, False):
-                ranks = answer_ranks(tok, examples, first, prior)
+            for prior, ranks in answer_ranks(tok, examples, first).items():
                 key = f"{name}_{'with' if prior else 'without'}_prior"
                 row[key] = {"n": len(ranks), "first": sum(r == 0 for r in ranks), "top2": sum(r <= 1 for r in ranks)}
         rows.append(row)

@@ -91,11 +91,12 @@ def bm25(query: list[int], docs: list[list[int]], prior: bool = True) -> list[fl
     n = len(docs)
     avgdl = sum(map(len, docs)) / n or 1.0
     held = Counter(t for c in counts for t in c)
+    weight = {t: (math.log(2 + t) if prior else 1.0) * math.log1p((n - held[t] + 0.5) / (held[t] + 0.5))
+              for t in set(query) if held[t]}  # w(t) · IDF(t), once per query token
     scores = []
     for doc, c in zip(docs, counts):
         norm = K1 * (1 - B + B * len(doc) / avgdl)
-        scores.append(sum((math.log(2 + t) if prior else 1.0) * math.log1p((n - held[t] + 0.5) / (held[t] + 0.5))
-                          * c[t] * (K1 + 1) / (c[t] + norm) for t in set(query) if c[t]))
+        scores.append(sum(w * c[t] * (K1 + 1) / (c[t] + norm) for t, w in weight.items() if c[t]))
     return scores
 
 
