@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from chunkcache.models import selected_attention
+from chunkcache.models import layer_kernels, selected_attention
 from chunkcache.models.rope import RotaryTables
 
 
@@ -120,6 +120,9 @@ class CausalLM:
     """A decoder-only LM driven layer by layer (see module docstring). Subclasses fill in the family."""
 
     family = "base"
+    # Family hook: the norms are LlamaRMSNorm and the MLP LlamaMLP, so on CUDA they may run as the fused
+    # kernels of models/layer_kernels.py.
+    fused_layers = False
 
     def __init__(self, hf_model: torch.nn.Module, fingerprint: str) -> None:
         self.hf = hf_model.eval()
@@ -155,7 +158,19 @@ class CausalLM:
         """Residual stream after layer ``layer``: ``h`` [T, hidden] in, attention output [T, H*D] in."""
         block = self.layers[layer]
         h = h + block.self_attn.o_proj(attn)
-        return h + block.mlp(block.post_attention_layernorm(h))
+        return h + self._mlp(block.mlp, self._norm(block.post_attention_layernorm, h))
+
+    def _norm(self, norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``norm(x)``, as one fused kernel where the family allows it (``fused_layers``)."""
+        if self.fused_layers and layer_kernels.available(x):
+            return layer_kernels.rms_norm(x.contiguous(), norm.weight, norm.variance_epsilon)
+        return norm(x)
+
+    def _mlp(self, mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``mlp(x)``, its SiLU(gate)·up fused into one kernel where the family allows it."""
+        if self.fused_layers and self.config.hidden_act == "silu" and layer_kernels.available(x):
+            return mlp.down_proj(layer_kernels.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+        return mlp(x)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Hidden states [T, hidden] for token ids [T]."""
@@ -163,7 +178,7 @@ class CausalLM:
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits [T, vocab] (float32) from final-layer hidden states [T, hidden]."""
-        logits = self.hf.lm_head(self.inner.norm(h)).float()
+        logits = self.hf.lm_head(self._norm(self.inner.norm, h)).float()
         cap = getattr(self.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
@@ -189,7 +204,7 @@ class CausalLM:
         """q [H, T, D], k [Hkv, T, D] (before RoPE), v [Hkv, T, D] for hidden states h [T, hidden]."""
         s = self.shape
         attn = self.layers[layer].self_attn
-        x = self.layers[layer].input_layernorm(h)
+        x = self._norm(self.layers[layer].input_layernorm, h)
         t = x.shape[0]
         q = attn.q_proj(x).view(t, s.n_heads, s.head_dim).transpose(0, 1)
         k = attn.k_proj(x).view(t, s.n_kv_heads, s.head_dim).transpose(0, 1)

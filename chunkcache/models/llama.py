@@ -12,6 +12,7 @@ from chunkcache.models.base import CausalLM
 
 class LlamaLM(CausalLM):
     family = "llama"
+    fused_layers = True
 
     def _window(self, layer: int) -> int | None:
         cfg = self.config

@@ -102,6 +102,24 @@ def test_cuda_selected_attention_matches_sdpa(window):
         assert not out.isnan().any() and _rel(out, ref) < 1e-2, (keys, n_q)
 
 
+def test_cuda_layer_kernels_round_as_transformers_does():
+    """The fused RMSNorm and SiLU·up (models/layer_kernels.py) in bf16 against the transformers modules they
+    replace: at most one bf16 step apart (a reduction's order), nearly all elements bit for bit."""
+    import torch.nn.functional as F
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from chunkcache.models.layer_kernels import rms_norm, silu_mul
+
+    gen = torch.Generator(device=DEVICE).manual_seed(4)
+    norm = LlamaRMSNorm(4096, eps=1e-5).to(DEVICE, torch.bfloat16)
+    norm.weight.data = torch.randn(4096, device=DEVICE, dtype=torch.bfloat16, generator=gen)
+    x = torch.randn(65, 4096, device=DEVICE, dtype=torch.bfloat16, generator=gen) * 4
+    gate, up = (torch.randn(65, 14336, device=DEVICE, dtype=torch.bfloat16, generator=gen) for _ in range(2))
+    for ours, ref in ((rms_norm(x, norm.weight, norm.variance_epsilon), norm(x)), (silu_mul(gate, up), F.silu(gate) * up)):
+        steps = (ours.view(torch.int16).int() - ref.view(torch.int16).int()).abs()
+        assert ours.dtype == ref.dtype and int(steps.max()) <= 1 and float((steps > 0).float().mean()) < 0.01
+
+
 def test_cuda_greedy_decode_matches_transformers():
     from chunkcache.engine.decode import generate
 

@@ -1,4 +1,4 @@
-"""The CUDA kernels (selected-query attention, fused RoPE) checked on the CPU under Triton's interpreter.
+"""The CUDA kernels (selected-query attention, fused RoPE, fused RMSNorm and SiLU·up) checked on the CPU under Triton's interpreter.
 
 Triton reads TRITON_INTERPRET when a kernel is defined, so the checks run in a child interpreter started
 with it set; on a CUDA machine tests/engine/test_cuda.py runs the compiled kernels through the executor.
@@ -82,6 +82,29 @@ def _check_rope() -> None:
     assert bool(buf[:, :, 50:].isnan().all())
 
 
+def _check_layer_kernels() -> None:
+    """In float32 (the interpreter truncates to bf16 where CUDA rounds, so bf16 parity is checked on CUDA,
+    tests/engine/test_cuda.py): the fused kernels equal the transformers modules they replace, on a hidden
+    size that is not a power of two (masked lanes) and several rows."""
+    import torch
+    import torch.nn.functional as F
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from chunkcache.models.layer_kernels import rms_norm, silu_mul
+
+    torch.manual_seed(2)
+    norm = LlamaRMSNorm(300, eps=1e-5)
+    norm.weight.data = torch.randn(300)
+    x = torch.randn(7, 300) * 3
+    out = rms_norm(x, norm.weight, norm.variance_epsilon)
+    assert torch.allclose(out, norm(x), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(rms_norm(x, norm.weight, 1.0), out, rtol=1e-3)  # eps is really used
+    rows = rms_norm(x[2:3], norm.weight, norm.variance_epsilon)
+    assert torch.allclose(rows, out[2:3], rtol=1e-6, atol=0)  # each row is normalised on its own
+    gate, up = torch.randn(5, 333), torch.randn(5, 333)
+    assert torch.allclose(silu_mul(gate, up), F.silu(gate) * up, rtol=1e-5, atol=1e-6)
+
+
 def test_kernels_under_the_interpreter() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
@@ -92,4 +115,5 @@ def test_kernels_under_the_interpreter() -> None:
 if __name__ == "__main__":
     _check_selected_attention()
     _check_rope()
+    _check_layer_kernels()
     print("kernels ok")
