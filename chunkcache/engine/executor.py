@@ -111,7 +111,7 @@ def partial_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: 
         q_rot = rope_rows(q, cos, sin, rope_q)
         attn = model.attend(layer, q_rot, k_rot[:, :length], v_buf[:, :length], positions, length, mod)
         if stats is not None:
-            stats.observe(model, layer, q_rot, k_rot[:, :length], positions)
+            stats.observe(model, layer, q_rot, k_rot[:, :length], positions, pos_host)
         h = model.finish_layer(layer, h, attn)
         keys.append(k_rot)
         values.append(v_buf)

@@ -38,13 +38,15 @@ class QuestionAttention:
         self._sum: torch.Tensor | None = None  # on the model's device: no host sync per layer
 
     def observe(self, model: CausalLM, layer: int, q_rot: torch.Tensor, k_rot: torch.Tensor,
-                positions: torch.Tensor) -> None:
+                positions: torch.Tensor, pos_host: torch.Tensor) -> None:
         if layer not in self.layers:
             return
-        rows = torch.nonzero(positions >= self.first_row).squeeze(1)
+        # The rows at or after ``first_row`` are a suffix of the sorted positions: found on the host, so the
+        # device never waits for the host here (a device-side nonzero would sync at every probed layer).
+        start = int(torch.searchsorted(pos_host, self.first_row))
         if self.hidden is not None and self.hidden.device != k_rot.device:
             self.hidden = self.hidden.to(k_rot.device)  # once, not at every probed layer
-        probs = model.attention_probs(layer, q_rot[:, rows], k_rot, positions[rows], self.hidden)  # [H, q, L]
+        probs = model.attention_probs(layer, q_rot[:, start:], k_rot, positions[start:], self.hidden)  # [H, q, L]
         layer_scores = probs.mean(dim=(0, 1)) / len(self.layers)
         self._sum = layer_scores if self._sum is None else self._sum + layer_scores
 

@@ -38,25 +38,30 @@ class AttentionStats:
         self.outside_sum = [torch.zeros(len(c)) for c in layout.chunks]
         self.outside_count = [torch.zeros(len(c)) for c in layout.chunks]
 
-    def observe(self, model, layer: int, q_rot: torch.Tensor, k_rot: torch.Tensor, positions: torch.Tensor) -> None:
-        """Accumulate statistics of the computed rows that belong to chunks."""
-        starts = torch.tensor([c.start for c in self.layout.chunks], device=positions.device)
-        ends = torch.tensor([c.end for c in self.layout.chunks], device=positions.device)
+    def observe(self, model, layer: int, q_rot: torch.Tensor, k_rot: torch.Tensor, positions: torch.Tensor,
+                pos_host: torch.Tensor) -> None:
+        """Accumulate statistics of the computed rows that belong to chunks (``positions`` on the model's
+        device, ``pos_host`` the same on the host: the row bookkeeping stays there, so each block of rows
+        syncs once, for its attention mass)."""
+        starts = torch.tensor([c.start for c in self.layout.chunks])
+        ends = torch.tensor([c.end for c in self.layout.chunks])
         if starts.numel() == 0:
             return
         bounds = torch.tensor(self._bounds, device=positions.device)
-        for b0 in range(0, positions.numel(), _BLOCK):
-            pos = positions[b0:b0 + _BLOCK]
+        for b0 in range(0, pos_host.numel(), _BLOCK):
+            pos = pos_host[b0:b0 + _BLOCK]
             which = torch.bucketize(pos, starts, right=True) - 1
             ok = (which >= 0) & (pos < ends[which.clamp_min(0)])
             if not bool(ok.any()):
                 continue
             rows = torch.nonzero(ok).squeeze(1)
-            probs = model.attention_probs(layer, q_rot[:, b0:b0 + _BLOCK][:, rows], k_rot, pos[rows]).mean(0)
+            on_dev = rows.to(positions.device)
+            probs = model.attention_probs(layer, q_rot[:, b0:b0 + _BLOCK][:, on_dev], k_rot,
+                                          positions[b0:b0 + _BLOCK][on_dev]).mean(0)
             cs = torch.nn.functional.pad(probs.cumsum(-1), (1, 0))  # cs[:, j] = mass of keys < j
             seg = (cs[:, bounds[1:]] - cs[:, bounds[:-1]]).cpu()  # [rows, n_chunks + 1]
-            which_r = which[rows].cpu()
-            offs = (pos[rows] - starts[which[rows]]).cpu()
+            which_r = which[rows]
+            offs = pos[rows] - starts[which_r]
             for ci in torch.unique(which_r).tolist():
                 m = which_r == ci
                 r = seg[m]
