@@ -1,7 +1,8 @@
 """One batched decode step for every running request over the paged KV (kv_blocks.py).
 
 The B pending tokens (one per request) go through each layer as one [B, hidden] batch: the projections
-and the MLP are one matrix product for all requests, and attention is one SDPA call over the requests'
+and the MLP are one matrix product for all requests. On CUDA, attention reads each request's blocks in place
+through its block table (models/paged_attention.py); elsewhere it is one SDPA call over the requests'
 gathered blocks, each row masked to its own length (and the layer's sliding window). Each request's new
 K/V land in its next slot, keys rotated to the request's own RoPE position (a parallel placement such as
 APE's continues decode after its question, not after its last slot). Sampling happens on the device and
@@ -20,7 +21,8 @@ from chunkcache.engine.decode import Sampling, pick
 from chunkcache.engine.kv_blocks import KVBlocks
 from chunkcache.engine.sequence import Sequence
 from chunkcache.models.base import CausalLM
-from chunkcache.models.rope import RotaryTables, apply_rope
+from chunkcache.models import paged_attention
+from chunkcache.models.rope import RotaryTables, rope_rows
 
 
 class DecodeRunner:
@@ -35,31 +37,40 @@ class DecodeRunner:
     def step(self, seqs: list[Sequence]) -> list[int]:
         """Feed each request's pending token, store its K/V, return each request's next token."""
         model, s, dev = self.model, self.model.shape, self.model.device
-        bs = self.blocks.block_size
         width = max(len(q.blocks) for q in seqs)
         tables = torch.tensor([q.blocks + [q.blocks[0]] * (width - len(q.blocks)) for q in seqs], device=dev)
         slot = torch.tensor([q.kv_len for q in seqs], device=dev)
         rope = torch.tensor([q.rope_position(q.kv_len) for q in seqs], device=dev)
         where = self.blocks.slots(tables, slot)
-        k_idx = torch.arange(width * bs, device=dev)
-        visible = k_idx[None, :] <= slot[:, None]  # [B, keys]
         masks: dict[int | None, torch.Tensor] = {}
         h = model.embed(torch.tensor([q.pending for q in seqs], device=dev))
         for layer in range(s.n_layers):
             q, k, v = model.qkv(layer, h)  # q [H, B, D], k/v [Hkv, B, D]
             cos, sin = self.rotary.get(model.layer_type(layer))
-            cos, sin = cos[rope], sin[rope]  # [B, D]: one position per request
-            q = apply_rope(q, cos, sin)
-            k = apply_rope(k, cos, sin)
+            q = rope_rows(q, cos, sin, rope)  # one RoPE position per request
+            k = rope_rows(k, cos, sin, rope)
             self.blocks.write_token(layer, where, k.transpose(0, 1), v.transpose(0, 1))
-            keys, values = self.blocks.gather(layer, tables)
             window = model.windows[layer]
-            if window not in masks:
-                m = visible if window is None else visible & (slot[:, None] - k_idx[None, :] < window)
-                masks[window] = m[:, None, None, :]
-            h = model.finish_layer(layer, h, self._attend(q, keys, values, masks[window]))
+            if paged_attention.available(q):  # the blocks read in place (models/paged_attention.py)
+                attn = paged_attention.paged_decode_attention(q.transpose(0, 1), self.blocks.k[layer],
+                                                              self.blocks.v[layer], tables, slot + 1,
+                                                              model.scaling, window)
+            else:
+                if window not in masks:
+                    masks[window] = self._mask(slot, width * self.blocks.block_size, window)
+                attn = self._attend(q, *self.blocks.gather(layer, tables), masks[window])
+            h = model.finish_layer(layer, h, attn)
         logits = model.head(h)
         return self._sample(seqs, logits)
+
+    @staticmethod
+    def _mask(slot: torch.Tensor, n_keys: int, window: int | None) -> torch.Tensor:
+        """[B, 1, 1, n_keys]: request b sees its slots 0..slot[b] (within the layer's window)."""
+        k_idx = torch.arange(n_keys, device=slot.device)
+        visible = k_idx[None, :] <= slot[:, None]
+        if window is not None:
+            visible &= slot[:, None] - k_idx[None, :] < window
+        return visible[:, None, None, :]
 
     def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """q [H, B, D] over keys/values [B, Hkv, n, D] under mask [B, 1, 1, n] → [B, H·D].

@@ -1,4 +1,5 @@
-"""The CUDA kernels (selected-query attention, fused RoPE, fused RMSNorm and SiLU·up) checked on the CPU under Triton's interpreter.
+"""The CUDA kernels (selected-query attention, paged decode attention, fused RoPE, fused RMSNorm and SiLU·up)
+checked on the CPU under Triton's interpreter.
 
 Triton reads TRITON_INTERPRET when a kernel is defined, so the checks run in a child interpreter started
 with it set; on a CUDA machine tests/engine/test_cuda.py runs the compiled kernels through the executor.
@@ -82,6 +83,40 @@ def _check_rope() -> None:
     assert bool(buf[:, :, 50:].isnan().all())
 
 
+def _check_paged_decode() -> None:
+    """Against SDPA in float64 over each request's blocks gathered by hand: GQA, multi-query, a sliding window,
+    blocks smaller than a key tile, a one-token request; and a request's output bit for bit the same alone as
+    in a batch (decode must not depend on the other running requests)."""
+    import torch
+    import torch.nn.functional as F
+
+    from chunkcache.models.paged_attention import paged_decode_attention
+
+    torch.manual_seed(3)
+    for heads, kv_heads, dim, block, window in ((8, 2, 16, 16, None), (4, 4, 32, 8, None), (6, 2, 16, 16, 40),
+                                                (4, 1, 16, 4, None)):
+        k_pool, v_pool = torch.randn(40, block, kv_heads, dim), torch.randn(40, block, kv_heads, dim)
+        lengths = torch.tensor([1, 37, 130, 64])
+        width = -(-130 // block)
+        tables = torch.stack([torch.randperm(40)[:width] for _ in range(4)])  # blocks in any order
+        q = torch.randn(4, heads, dim)
+        out = paged_decode_attention(q, k_pool, v_pool, tables, lengths, dim ** -0.5, window)
+        for b in range(4):
+            n = int(lengths[b])
+            k = k_pool[tables[b]].reshape(-1, kv_heads, dim)[:n].transpose(0, 1).double()
+            v = v_pool[tables[b]].reshape(-1, kv_heads, dim)[:n].transpose(0, 1).double()
+            mask = torch.ones(1, n, dtype=torch.bool)
+            if window is not None:
+                mask[:, :max(0, n - window)] = False
+            ref = F.scaled_dot_product_attention(q[b][:, None].double(), k, v, attn_mask=mask, scale=dim ** -0.5,
+                                                 enable_gqa=True)[:, 0].reshape(-1)
+            err = float((out[b].double() - ref).norm() / ref.norm())
+            assert err < 1e-5, (heads, kv_heads, dim, block, window, b, err)
+        own = -(-37 // block)  # request 1 alone: its table no longer padded to the batch's widest
+        alone = paged_decode_attention(q[1:2], k_pool, v_pool, tables[1:2, :own], lengths[1:2], dim ** -0.5, window)
+        assert torch.equal(alone, out[1:2])
+
+
 def _check_layer_kernels() -> None:
     """In float32 (the interpreter truncates to bf16 where CUDA rounds, so bf16 parity is checked on CUDA,
     tests/engine/test_cuda.py): the fused kernels equal the transformers modules they replace, on a hidden
@@ -115,5 +150,6 @@ def test_kernels_under_the_interpreter() -> None:
 if __name__ == "__main__":
     _check_selected_attention()
     _check_rope()
+    _check_paged_decode()
     _check_layer_kernels()
     print("kernels ok")
