@@ -28,6 +28,8 @@ try:
     import triton.language as tl
 except ImportError:  # CPU-only installs: the decode step keeps gather + SDPA
     triton = None
+else:
+    from chunkcache.models.selected_attention import _accumulate, _dot
 
 BLOCK_N = 64
 
@@ -79,22 +81,10 @@ if triton is not None:
         slot = cols % block_size
         kt = tl.load(k_base + blk[None, :] * s_kb + slot[None, :] * s_kt + dims[:, None], mask=seen[None, :],
                      other=0.0)
-        if IEEE:  # float32 models: full-precision products, not Triton's default TF32
-            s = tl.dot(q, kt, input_precision="ieee") * scale_log2
-        else:
-            s = tl.dot(q, kt) * scale_log2
-        s = tl.where(seen[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
+        s = tl.where(seen[None, :], _dot(q, kt, IEEE) * scale_log2, float("-inf"))
         vb = tl.load(v_base + blk[:, None] * s_vb + slot[:, None] * s_vt + dims[None, :], mask=seen[:, None],
                      other=0.0)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb)
-        return m_new, l_i * alpha + tl.sum(p, axis=1), acc
+        return _accumulate(s, vb, m_i, l_i, acc, IEEE)
 
     @triton.jit
     def _decode(Q, K, V, O, TABLES, LENGTHS, s_qb, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_tb, s_ob, groups,

@@ -68,30 +68,38 @@ def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos:
 if triton is not None:
 
     @triton.jit
-    def _key_block(q, pos, k_base, v_base, s_kn, s_vn, start, hi, window, m_i, l_i, acc, scale_log2, dims,
-                   BLOCK_N: tl.constexpr, WINDOWED: tl.constexpr, IEEE: tl.constexpr):
-        """One step of the online softmax over keys start..start+BLOCK_N-1 (FlashAttention-2, Algorithm 1)."""
-        cols = start + tl.arange(0, BLOCK_N)
-        in_range = cols < hi
-        kt = tl.load(k_base + cols[None, :] * s_kn + dims[:, None], mask=in_range[None, :], other=0.0)
-        if IEEE:  # float32 models: full-precision products, not Triton's default TF32
-            s = tl.dot(q, kt, input_precision="ieee") * scale_log2
-        else:
-            s = tl.dot(q, kt) * scale_log2
-        seen = (cols[None, :] <= pos[:, None]) & in_range[None, :]
-        if WINDOWED:
-            seen = seen & (pos[:, None] - cols[None, :] < window)
-        s = tl.where(seen, s, float("-inf"))
+    def _dot(a, b, IEEE: tl.constexpr):
+        """a @ b with float32 accumulation; ``IEEE`` (float32 models): full-precision products, not Triton's
+        default TF32."""
+        if IEEE:
+            return tl.dot(a, b, input_precision="ieee")
+        return tl.dot(a, b)
+
+    @triton.jit
+    def _accumulate(s, vb, m_i, l_i, acc, IEEE: tl.constexpr):
+        """One online-softmax step (FlashAttention-2, Algorithm 1, lines 8–10): fold the base-2 logits ``s``
+        [rows, keys] (−inf where masked) and their values ``vb`` [keys, D] into the running max ``m_i``,
+        normaliser ``l_i`` and output ``acc``. Also the paged decode kernel's (models/paged_attention.py)."""
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that have seen no key yet
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
+        return m_new, l_i * alpha + tl.sum(p, axis=1), acc * alpha[:, None] + _dot(p.to(vb.dtype), vb, IEEE)
+
+    @triton.jit
+    def _key_block(q, pos, k_base, v_base, s_kn, s_vn, start, hi, window, m_i, l_i, acc, scale_log2, dims,
+                   BLOCK_N: tl.constexpr, WINDOWED: tl.constexpr, IEEE: tl.constexpr):
+        """One step of the online softmax over keys start..start+BLOCK_N-1."""
+        cols = start + tl.arange(0, BLOCK_N)
+        in_range = cols < hi
+        kt = tl.load(k_base + cols[None, :] * s_kn + dims[:, None], mask=in_range[None, :], other=0.0)
+        s = _dot(q, kt, IEEE) * scale_log2
+        seen = (cols[None, :] <= pos[:, None]) & in_range[None, :]
+        if WINDOWED:
+            seen = seen & (pos[:, None] - cols[None, :] < window)
+        s = tl.where(seen, s, float("-inf"))
         vb = tl.load(v_base + cols[:, None] * s_vn + dims[None, :], mask=in_range[:, None], other=0.0)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb)
-        return m_new, l_i * alpha + tl.sum(p, axis=1), acc
+        return _accumulate(s, vb, m_i, l_i, acc, IEEE)
 
     @triton.jit
     def _forward(Q, K, V, O, POS, s_qh, s_qm, s_kh, s_kn, s_vh, s_vn, s_om, n_q, n_keys, groups, scale_log2,
