@@ -97,6 +97,12 @@ def partial_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: 
         in_context[span.start:span.end] = True
 
     ws.claim(pos_host)
+
+    def counts(pos_host: torch.Tensor) -> tuple[int, int, int]:
+        """|S_l|, |S_l ∩ chunk tokens| and the query-key pairs of S_l: host work, once per position set."""
+        return int(pos_host.numel()), int(in_context[pos_host].sum()), int((pos_host + 1).sum())
+
+    count = counts(pos_host)
     kinds = [model.layer_type(i) for i in range(s.n_layers)]
     for layer in range(s.n_layers):
         k_pre, v_buf, k_rot = ws.k_pre[layer], ws.values[layer], ws.k_rot[layer]
@@ -116,9 +122,8 @@ def partial_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: 
         keys.append(k_rot)
         values.append(v_buf)
         keys_pre.append(k_pre)
-        computed.append(int(pos_host.numel()))
-        context_computed.append(int(in_context[pos_host].sum()))
-        attended.append(int((pos_host + 1).sum()))
+        for out, c in zip((computed, context_computed, attended), count):
+            out.append(c)
         if layer + 1 < s.n_layers:
             nxt = plan.next_positions(layer, positions, (k, v), cached)
             if nxt is not positions:
@@ -127,6 +132,7 @@ def partial_prefill(model: CausalLM, ids: torch.Tensor, layout: Layout, prefix: 
                 ws.check_kept(nxt_host)
                 h = h[torch.searchsorted(pos_host, nxt_host).to(dev)]
                 pos_host, positions = nxt_host, nxt_host.to(dev)
+                count = counts(pos_host)
                 rope_q, mod = rows_layout(positions, pos_host)
 
     logits = model.head(h[-1:])[0]
