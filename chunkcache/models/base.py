@@ -291,9 +291,18 @@ class CausalLM:
         return torch.softmax(self._scores(q, k).masked_fill(~mask, float("-inf")), dim=-1)
 
     def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """Scaled attention logits [H, Tq, Tk] (float32) of q [H, Tq, D] against k [Hkv, Tk, D] (GQA
-        expanded)."""
-        kk = k.repeat_interleave(self.shape.n_heads // self.shape.n_kv_heads, dim=0).float()
+        """Scaled attention logits [H, Tq, Tk] (float32) of q [H, Tq, D] against k [Hkv, Tk, D].
+
+        On CUDA the G query heads that share a KV head are G row blocks of one product with it, so K is read
+        once in float32 instead of expanded to every head (the probe's largest cost at long contexts). The CPU
+        keeps the expanded product: a one-row product there takes another kernel whose roundings differ, and
+        the CPU's results are the measured ones."""
+        groups = self.shape.n_heads // self.shape.n_kv_heads
+        if q.is_cuda:
+            h, tq, d = q.shape
+            grouped = q.float().reshape(k.shape[0], groups * tq, d)
+            return (torch.matmul(grouped, k.float().transpose(1, 2)) * self.scaling).view(h, tq, -1)
+        kk = k.repeat_interleave(groups, dim=0).float()
         return torch.matmul(q.float(), kk.transpose(1, 2)) * self.scaling
 
 

@@ -102,6 +102,17 @@ def test_cuda_selected_attention_matches_sdpa(window):
         assert not out.isnan().any() and _rel(out, ref) < 1e-2, (keys, n_q)
 
 
+def test_cuda_grouped_scores_equal_the_expanded_product():
+    """The probe's logits on CUDA (query heads grouped per KV head, K not expanded) against the product with
+    K expanded to every head: a wrong grouping pairs a head with another head's keys."""
+    _, dev = _models(torch.float32)
+    gen = torch.Generator(device=DEVICE).manual_seed(5)
+    q = torch.randn(8, 5, 32, device=DEVICE, generator=gen)
+    k = torch.randn(2, 300, 32, device=DEVICE, generator=gen)
+    ref = torch.matmul(q, k.repeat_interleave(4, 0).transpose(1, 2)) * dev.scaling
+    assert torch.allclose(dev._scores(q, k), ref, rtol=1e-4, atol=1e-4)
+
+
 def test_cuda_layer_kernels_round_as_transformers_does():
     """The fused RMSNorm and SiLU·up (models/layer_kernels.py) in bf16 against the transformers modules they
     replace: at most one bf16 step apart (a reduction's order), nearly all elements bit for bit."""
