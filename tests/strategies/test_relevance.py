@@ -131,3 +131,21 @@ def test_rest_probe_spends_what_whole_chunks_leave_on_the_tokens_the_last_row_re
     assert lexical.initial.tolist() == list(range(35, 40)) + QUESTION
     with pytest.raises(ValueError):
         make_strategy("relevance:rest=all")
+
+
+def test_no_probe_pass_for_a_remainder_under_min_rest_of_the_budget():
+    chunks = [[COMMON] * 10, [COMMON] * 9 + [OTHER], [COMMON] * 9 + [RARE], [RARE, OTHER, COMMON, 2, 2]]
+    calls: list = []
+
+    def probe(records, layers, last_row):
+        calls.append(layers)
+        return torch.arange(45, dtype=torch.float32)
+
+    req = request(chunks, [RARE, OTHER, 2, 3, 4], probe=probe)
+    # budget ceil(0.24 * 25) = 6: D (5) whole leaves 1 token, a sixth of the budget: not worth a probe pass
+    plan = make_strategy("relevance:ratio=0.24").decide(req).plan
+    assert plan.initial.tolist() == list(range(35, 40)) + QUESTION and calls == []
+    plan = make_strategy("relevance:ratio=0.24,min_rest=0").decide(req).plan
+    assert plan.initial.tolist() == [34] + list(range(35, 40)) + QUESTION and len(calls) == 1
+    with pytest.raises(ValueError):
+        make_strategy("relevance:min_rest=2")
