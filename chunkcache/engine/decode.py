@@ -9,7 +9,7 @@ import torch
 
 from chunkcache.engine.executor import PrefillResult
 from chunkcache.models.base import CausalLM
-from chunkcache.models.rope import apply_rope
+from chunkcache.models.rope import rope_rows
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,13 @@ def _step(model: CausalLM, prefill: PrefillResult, token: int, pos: int) -> torc
     placement puts right after its question) and return the next-token logits [vocab]."""
     h = model.embed(torch.tensor([token], device=model.device))
     q_pos = torch.tensor([pos], device=model.device)
-    rp = prefill.rope_position(pos)
+    rope = torch.tensor([prefill.rope_position(pos)], device=model.device)
     for layer in range(model.shape.n_layers):
         q, k, v = model.qkv(layer, h)
         cos, sin = prefill.rotary.get(model.layer_type(layer))
-        prefill.keys[layer][:, pos] = apply_rope(k, cos[rp:rp + 1], sin[rp:rp + 1])[:, 0]
+        prefill.keys[layer][:, pos] = rope_rows(k, cos, sin, rope)[:, 0]
         prefill.values[layer][:, pos] = v[:, 0]
-        q_rot = apply_rope(q, cos[rp:rp + 1], sin[rp:rp + 1])
+        q_rot = rope_rows(q, cos, sin, rope)
         attn = model.attend(layer, q_rot, prefill.keys[layer][:, :pos + 1], prefill.values[layer][:, :pos + 1],
                             q_pos, pos + 1)
         h = model.finish_layer(layer, h, attn)

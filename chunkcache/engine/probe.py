@@ -42,7 +42,7 @@ class QuestionAttention:
         if layer not in self.layers:
             return
         # The rows at or after ``first_row`` are a suffix of the sorted positions: found on the host, so the
-        # device never waits for the host here (a device-side nonzero would sync at every probed layer).
+        # host never waits here for the device to finish (a device-side nonzero would, at every probed layer).
         start = int(torch.searchsorted(pos_host, self.first_row))
         if self.hidden is not None and self.hidden.device != k_rot.device:
             self.hidden = self.hidden.to(k_rot.device)  # once, not at every probed layer

@@ -43,6 +43,7 @@ class DecodeRunner:
         rope = torch.tensor([q.rope_position(q.kv_len) for q in seqs], device=dev)
         where = self.blocks.slots(tables, slot)
         masks: dict[int | None, torch.Tensor] = {}
+        tables32, lengths = tables.to(torch.int32), (slot + 1).to(torch.int32)  # the paged kernel's, once a step
         h = model.embed(torch.tensor([q.pending for q in seqs], device=dev))
         for layer in range(s.n_layers):
             q, k, v = model.qkv(layer, h)  # q [H, B, D], k/v [Hkv, B, D]
@@ -53,7 +54,7 @@ class DecodeRunner:
             window = model.windows[layer]
             if paged_attention.available(q):  # the blocks read in place (models/paged_attention.py)
                 attn = paged_attention.paged_decode_attention(q.transpose(0, 1), self.blocks.k[layer],
-                                                              self.blocks.v[layer], tables, slot + 1,
+                                                              self.blocks.v[layer], tables32, lengths,
                                                               model.scaling, window)
             else:
                 if window not in masks:

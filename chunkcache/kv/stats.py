@@ -41,8 +41,8 @@ class AttentionStats:
     def observe(self, model, layer: int, q_rot: torch.Tensor, k_rot: torch.Tensor, positions: torch.Tensor,
                 pos_host: torch.Tensor) -> None:
         """Accumulate statistics of the computed rows that belong to chunks (``positions`` on the model's
-        device, ``pos_host`` the same on the host: the row bookkeeping stays there, so each block of rows
-        syncs once, for its attention mass)."""
+        device, ``pos_host`` the same on the host: the row bookkeeping stays there, and each block of rows
+        waits for the device once, to read back its attention mass)."""
         starts = torch.tensor([c.start for c in self.layout.chunks])
         ends = torch.tensor([c.end for c in self.layout.chunks])
         if starts.numel() == 0:
@@ -55,7 +55,7 @@ class AttentionStats:
             if not bool(ok.any()):
                 continue
             rows = torch.nonzero(ok).squeeze(1)
-            on_dev = rows.to(positions.device)
+            on_dev = rows.to(positions.device, non_blocking=True)
             probs = model.attention_probs(layer, q_rot[:, b0:b0 + _BLOCK][:, on_dev], k_rot,
                                           positions[b0:b0 + _BLOCK][on_dev]).mean(0)
             cs = torch.nn.functional.pad(probs.cumsum(-1), (1, 0))  # cs[:, j] = mass of keys < j

@@ -7,8 +7,9 @@ eight launches (two casts, a power, a mean, an add, a reciprocal square root, tw
 ``act(gate) * up`` two; a layer has two norms. Each kernel here is one launch and one pass over its input.
 
 What. Both reproduce the unfused ``transformers`` arithmetic, roundings included, so a model's output stays
-what it was to within one bf16 rounding of a reduction's order (tests compare them under Triton's
-interpreter; the CPU path never uses them):
+what it was to within one bf16 rounding step where float32 results differ in their last bits (a reduction's
+order, the GPU's approximate exp and square root). Tests compare them under Triton's interpreter in float32
+and on CUDA in bf16; the CPU path never uses them:
 
     RMSNorm (Zhang and Sennrich, NeurIPS 2019, eq. 4):  y = w · bf16(x / √(mean(x²) + ε))   in float32
     SwiGLU  (Shazeer, arXiv 2002.05202, eq. 6):          y = bf16(SiLU(g)) · u                 in float32
@@ -34,7 +35,7 @@ def available(x: torch.Tensor) -> bool:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``LlamaRMSNorm``'s output for ``x`` [T, H] (module docstring), in one launch."""
-    if x.dim() != 2 or x.stride(-1) != 1 or weight.shape != (x.shape[1],):
+    if x.dim() != 2 or x.stride(-1) != 1 or weight.shape != (x.shape[1],) or weight.stride(0) != 1:
         raise ValueError("rms_norm takes a [tokens, hidden] tensor with a contiguous last dim and a [hidden] weight")
     out = torch.empty(x.shape, device=x.device, dtype=torch.promote_types(weight.dtype, x.dtype))
     if x.shape[0]:
@@ -61,7 +62,7 @@ if triton is not None:
 
     @triton.jit
     def _rms_norm(X, W, OUT, s_x, s_o, n, eps, BLOCK: tl.constexpr):
-        row = tl.program_id(0)
+        row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         m = cols < n
         x = tl.load(X + row * s_x + cols, mask=m, other=0.0).to(tl.float32)
@@ -72,7 +73,7 @@ if triton is not None:
 
     @triton.jit
     def _silu_mul(G, U, OUT, n, BLOCK: tl.constexpr):
-        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # T·I passes 2³¹ past ~110K tokens
         m = i < n
         g = tl.load(G + i, mask=m, other=0.0).to(tl.float32)
         u = tl.load(U + i, mask=m, other=0.0).to(tl.float32)

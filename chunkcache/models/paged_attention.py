@@ -10,8 +10,8 @@ request.
 
 What. One program per (request b, KV head g) computes the G = H / H_kv query heads that share g as the rows
 of one tile (GQA without K/V copies), over keys 0..n_b − 1 of request b, taken BLOCK_N at a time: key j
-lives at pool[table[b, j // block_size], j % block_size, g]. A sliding-window layer starts its loop at
-n_b − window. Each request's arithmetic depends only on its own keys and the fixed tile sizes, so a
+lives at pool[table[b, j // block_size], j % block_size, g]. A sliding-window layer masks keys before
+n_b − window and starts its loop at the tile holding the first key it keeps. Each request's arithmetic depends only on its own keys and the fixed tile sizes, so a
 request's output does not depend on the others in the batch. It runs under Triton's interpreter on CPU
 tensors for the default tests (tests/models/test_kernels.py); on CUDA the decode step uses it.
 """
@@ -50,13 +50,14 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     n_kv, block_size = k_pool.shape[2], k_pool.shape[1]
     if n_heads % n_kv or v_pool.shape != k_pool.shape or tables.shape[0] != b or lengths.shape != (b,):
         raise ValueError("paged_decode_attention: mismatched shapes")
-    if k_pool.stride(-1) != 1 or v_pool.stride(-1) != 1:
-        raise ValueError("paged_decode_attention needs the pool's last dimension contiguous")
+    if k_pool.stride(-1) != 1 or v_pool.stride(-1) != 1 or k_pool.dtype != q.dtype or v_pool.dtype != q.dtype:
+        raise ValueError("paged_decode_attention needs the pool in q's dtype, its last dimension contiguous")
     groups = n_heads // n_kv
-    q = q.contiguous()
+    q = q if q.stride(-1) == 1 else q.contiguous()
     out = torch.empty(b, n_heads * d, device=q.device, dtype=q.dtype)
     if b == 0:
         return out
+    # no-ops for what the decode step passes (int32, on the device, built once per step)
     tables = tables.to(device=q.device, dtype=torch.int32).contiguous()
     lengths = lengths.to(device=q.device, dtype=torch.int32)
     _decode[(b, n_kv)](q, k_pool, v_pool, out, tables, lengths, q.stride(0), q.stride(1),
@@ -77,7 +78,7 @@ if triton is not None:
         """One step of the online softmax over keys start..start+BLOCK_N-1, read through the block table."""
         cols = start + tl.arange(0, BLOCK_N)
         seen = (cols < n) & (cols >= lo)
-        blk = tl.load(table + cols // block_size, mask=seen, other=0)
+        blk = tl.load(table + cols // block_size, mask=seen, other=0).to(tl.int64)
         slot = cols % block_size
         kt = tl.load(k_base + blk[None, :] * s_kb + slot[None, :] * s_kt + dims[:, None], mask=seen[None, :],
                      other=0.0)

@@ -102,6 +102,37 @@ def test_cuda_selected_attention_matches_sdpa(window):
         assert not out.isnan().any() and _rel(out, ref) < 1e-2, (keys, n_q)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window", [None, 700])
+def test_cuda_paged_decode_matches_sdpa(dtype, window):
+    """The paged decode kernel compiled, at a real head size (128) and 1, 4 and 8 query heads per KV head,
+    block sizes 16 and 32, lengths across key tiles, blocks at the end of the pool in any order: against
+    float64 SDPA over each request's blocks gathered by hand."""
+    import torch.nn.functional as F
+
+    from chunkcache.models.paged_attention import paged_decode_attention
+
+    gen = torch.Generator(device=DEVICE).manual_seed(6)
+    for heads, kv_heads, block in ((8, 8, 16), (32, 8, 16), (32, 4, 32)):
+        n_blocks = 400
+        pool = [torch.randn(n_blocks, block, kv_heads, 128, device=DEVICE, dtype=dtype, generator=gen) for _ in "kv"]
+        lengths = torch.tensor([1, 63, 64, 1500, 2049], device=DEVICE)
+        width = -(-2049 // block)
+        tables = torch.stack([torch.randperm(n_blocks, device=DEVICE, generator=gen)[:width] for _ in range(5)])
+        tables[4] = torch.arange(n_blocks - width, n_blocks, device=DEVICE).flip(0)  # the pool's last blocks
+        q = torch.randn(5, heads, 128, device=DEVICE, dtype=dtype, generator=gen)
+        out = paged_decode_attention(q, *pool, tables, lengths, 128 ** -0.5, window)
+        for b, n in enumerate(lengths.tolist()):
+            k, v = (p[tables[b]].reshape(-1, kv_heads, 128)[:n].transpose(0, 1).double() for p in pool)
+            mask = torch.ones(1, n, dtype=torch.bool, device=DEVICE)
+            if window is not None:
+                mask[:, :max(0, n - window)] = False
+            ref = F.scaled_dot_product_attention(q[b][:, None].double(), k, v, attn_mask=mask, scale=128 ** -0.5,
+                                                 enable_gqa=True)[:, 0].reshape(-1)
+            assert not out[b].isnan().any() and _rel(out[b], ref) < (1e-5 if dtype == torch.float32 else 1e-2), \
+                (heads, kv_heads, block, n)
+
+
 def test_cuda_grouped_scores_equal_the_expanded_product():
     """The probe's logits on CUDA (query heads grouped per KV head, K not expanded) against the product with
     K expanded to every head: a wrong grouping pairs a head with another head's keys."""
