@@ -42,8 +42,10 @@ class DecodeRunner:
         slot = torch.tensor([q.kv_len for q in seqs], device=dev)
         rope = torch.tensor([q.rope_position(q.kv_len) for q in seqs], device=dev)
         where = self.blocks.slots(tables, slot)
+        paged = paged_attention.available(dev, s.head_dim)  # the blocks read in place (models/paged_attention.py)
+        if paged:  # the kernel's int32 tables and lengths, once a step
+            tables32, lengths = tables.to(torch.int32), (slot + 1).to(torch.int32)
         masks: dict[int | None, torch.Tensor] = {}
-        tables32, lengths = tables.to(torch.int32), (slot + 1).to(torch.int32)  # the paged kernel's, once a step
         h = model.embed(torch.tensor([q.pending for q in seqs], device=dev))
         for layer in range(s.n_layers):
             q, k, v = model.qkv(layer, h)  # q [H, B, D], k/v [Hkv, B, D]
@@ -52,7 +54,7 @@ class DecodeRunner:
             k = rope_rows(k, cos, sin, rope)
             self.blocks.write_token(layer, where, k.transpose(0, 1), v.transpose(0, 1))
             window = model.windows[layer]
-            if paged_attention.available(q):  # the blocks read in place (models/paged_attention.py)
+            if paged:
                 attn = paged_attention.paged_decode_attention(q.transpose(0, 1), self.blocks.k[layer],
                                                               self.blocks.v[layer], tables32, lengths,
                                                               model.scaling, window)

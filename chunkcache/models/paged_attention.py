@@ -11,8 +11,9 @@ request.
 What. One program per (request b, KV head g) computes the G = H / H_kv query heads that share g as the rows
 of one tile (GQA without K/V copies), over keys 0..n_b − 1 of request b, taken BLOCK_N at a time: key j
 lives at pool[table[b, j // block_size], j % block_size, g]. A sliding-window layer masks keys before
-n_b − window and starts its loop at the tile holding the first key it keeps. Each request's arithmetic depends only on its own keys and the fixed tile sizes, so a
-request's output does not depend on the others in the batch. It runs under Triton's interpreter on CPU
+n_b − window and starts its loop at the tile holding the first key it keeps. Each request's arithmetic
+depends only on its own keys and the fixed tile sizes, so a request's output does not depend on the others
+in the batch. It runs under Triton's interpreter on CPU
 tensors for the default tests (tests/models/test_kernels.py); on CUDA the decode step uses it.
 """
 
@@ -34,11 +35,10 @@ else:
 BLOCK_N = 64
 
 
-def available(q: torch.Tensor) -> bool:
-    """Whether decode attention for queries ``q`` [B, H, D] can run here: CUDA, Triton, a power-of-two head
-    size from 16 to 256."""
-    d = q.shape[-1]
-    return triton is not None and q.is_cuda and 16 <= d <= 256 and d & (d - 1) == 0
+def available(device: torch.device, head_dim: int) -> bool:
+    """Whether decode attention of a model with ``head_dim`` on ``device`` can run here: CUDA, Triton, a
+    power-of-two head size from 16 to 256 (decided once per decode step)."""
+    return triton is not None and device.type == "cuda" and 16 <= head_dim <= 256 and head_dim & (head_dim - 1) == 0
 
 
 def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, tables: torch.Tensor,
