@@ -6,11 +6,13 @@
     chunkcache bench serve [--url URL | --in-process] --strategies full,prefix,relevance --json OUT.json ...
     chunkcache bench workload [--queries N] [--zipf S] [--policies lru,lfu,value] --json OUT.json ...
     chunkcache bench select [--queries N] [--zipf S] [--budgets 100,200,...] --json OUT.json ...
+    chunkcache bench merge PART.json PART.json ... --strategies full,... --json OUT.json
 
 The first form judges quality and prefill cost per strategy; ``bench serve`` (``chunkcache.bench.serve``)
 measures the serving engine's throughput and latency under a request trace; ``bench workload``
 (``chunkcache.bench.cache_bench``) the cache tiers and eviction policies under a chunk-reuse trace; ``bench
-select`` (``chunkcache.bench.select_bench``) cache-aware chunk selection under a cost budget against top-k.
+select`` (``chunkcache.bench.select_bench``) cache-aware chunk selection under a cost budget against top-k;
+``bench merge`` (``chunkcache.bench.merge``) joins a quality run made in parts with ``--skip``.
 """
 
 from __future__ import annotations
@@ -34,21 +36,24 @@ DEFAULT_STRATEGIES = "full,prefix,naive,epic,cacheblend,cachecraft,focus,relevan
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The quality benchmark's flags, and the ``serve`` sub-mode with its own. ``--dataset`` and ``--json``
     are required without a sub-mode; ``main`` checks that, since argparse cannot require them only then."""
-    from chunkcache.bench import cache_bench, select_bench, serve
+    from chunkcache.bench import cache_bench, merge, select_bench, serve
 
-    modes = p.add_subparsers(dest="bench_mode", metavar="{serve,workload,select}")
+    modes = p.add_subparsers(dest="bench_mode", metavar="{serve,workload,select,merge}")
     serve.add_arguments(modes.add_parser("serve", help="serving throughput and latency under a RAG request trace"))
     cache_bench.add_arguments(modes.add_parser("workload", help="cache tiers and eviction policies under a Zipf "
                                                                "chunk-reuse trace, against exact prefix caching"))
     select_bench.add_arguments(modes.add_parser("select", help="cache-aware chunk selection under a prefill-cost "
                                                                "budget against plain top-k (Zipf questions)"))
+    merge.add_arguments(modes.add_parser("merge", help="join a quality run made in parts (--skip) into one result"))
     p.add_argument("--dataset", default=None,
                    help="(required) musique, needle, multihop, linked (multihop with the links between its pages, "
                         "for the graph strategy), callgraph (code QA through a call), or a JSON file in the "
                         "musique format")
     p.add_argument("--strategies", default=DEFAULT_STRATEGIES,
                    help="comma-separated specs: name or name:param=value (e.g. cacheblend:ratio=0.3)")
-    p.add_argument("--limit", type=int, default=None, help="use the first N examples")
+    p.add_argument("--limit", type=int, default=None, help="use the first N examples (after --skip)")
+    p.add_argument("--skip", type=int, default=0, metavar="N",
+                   help="leave out the first N examples: a long set run in parts, joined by `bench merge`")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--json", type=Path, default=None, help="(required) where to write the results")
     p.add_argument("--plot", type=Path, default=None, help="fidelity-vs-recompute plot (PNG)")
@@ -81,6 +86,10 @@ def main(args: argparse.Namespace) -> int:
         from chunkcache.bench.select_bench import command as select_command
 
         return select_command(args)
+    if args.bench_mode == "merge":
+        from chunkcache.bench.merge import command as merge_command
+
+        return merge_command(args)
     if args.bench_mode == "serve":
         from chunkcache.bench.serve import command as serve_command
 
@@ -91,13 +100,18 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("error: --device cuda but no CUDA device is available")
     if args.limit is not None and args.limit < 1:
         raise SystemExit("error: --limit must be at least 1")
+    if args.skip < 0:
+        raise SystemExit("error: --skip must not be negative")
     specs = expand(split_specs(args.strategies), args.sweep)
     for s in specs:
         make_strategy(s)  # fail before loading anything
     name, examples = load_dataset(args.dataset)
+    total = len(examples)
+    examples = examples[args.skip:]
     examples = examples[: args.limit] if args.limit else examples
     if not examples:
-        raise SystemExit(f"error: dataset {args.dataset} has no examples")
+        raise SystemExit(f"error: dataset {args.dataset} has no examples" +
+                         (f" after the first {args.skip} (it has {total})" if args.skip else ""))
     model, tok = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None)
     engine = ReuseEngine(model, tok)
     if args.cache_dir:
@@ -110,7 +124,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"time limit reached: {done} of {len(examples)} examples completed")
     print(table(results))
     payload = {
-        "model": str(args.model), "dataset": name, "n": done, "n_requested": len(examples), "strategies": results,
+        "model": str(args.model), "dataset": name, "skip": args.skip, "n": done, "n_requested": len(examples),
+        "strategies": results,
         "settings": {"max_new_tokens": args.max_new_tokens, "device": args.device,
                      "dtype": str(model.dtype).removeprefix("torch."),
                      "machine": f"{platform.node()} {platform.machine()} {torch.get_num_threads()} threads",

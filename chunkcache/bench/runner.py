@@ -59,10 +59,16 @@ class Rows:
     ttft: list[float] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    per_example: list[dict[str, float]] = field(default_factory=list)  # every value of each example, for merging
+
+    def start(self) -> None:
+        """Begin the next example's record."""
+        self.per_example.append({})
 
     def add(self, **kw: float) -> None:
         for k, v in kw.items():
             self.values[k].append(float(v))
+            self.per_example[-1][k] = float(v)
 
     def summary(self, full: Rows) -> dict[str, float | list[float] | None]:
         """Means, TTFT mean/median, seconds, and the paired differences against ``full``."""
@@ -73,8 +79,8 @@ class Rows:
             out["ttft_ms_p50"] = statistics.median(self.ttft)
         out["seconds"] = self.seconds
         # per example, in dataset order: which questions a strategy misses, and whether they are full's misses
-        out["examples"] = [{"answer": a, "f1": f, "accuracy": acc}
-                           for a, f, acc in zip(self.answers, self.values["f1"], self.values["accuracy"])]
+        out["examples"] = [{"answer": a, "ttft_ms": t, **values}
+                           for a, t, values in zip(self.answers, self.ttft, self.per_example)]
         for k in PAIRED:
             if self.values[k]:
                 mean, ci = paired_difference(self.values[k], full.values[k])
@@ -152,6 +158,7 @@ def run(engine: ReuseEngine, examples: list[Example], specs: list[str], max_new_
         edges = [(s, t) for s, t in ex.edges if s < len(chunks) and t < len(chunks)]
         ref: Reference | None = None
         for spec, strat in strategies.items():
+            rows[spec].start()
             if strat.name == "graph" and edges:  # its graph variants, like isolated records, exist before timing
                 setup = engine.prefill(chunks, q, strat, edges=edges)
                 rows[spec].add(setup_recompute_fraction=setup.stats.recompute_fraction)

@@ -64,6 +64,40 @@ def test_bench_time_limit_scores_only_completed_examples(tmp_path, capsys):
     assert "1 of 3 examples completed" in capsys.readouterr().out
 
 
+def test_a_run_in_parts_merges_to_the_run_in_one(tmp_path, capsys):
+    """``--skip`` and ``bench merge``: examples 0-2 run as one and as two parts (one renamed strategy) give the
+    same means, paired intervals and per-example records; parts out of order or of another set are refused."""
+    def bench(name, *extra):
+        out = tmp_path / name
+        assert main(["bench", "--dataset", "needle", "--max-new-tokens", "4", "--dtype", "float32", "--quiet",
+                     "--json", str(out), *extra]) == 0
+        return out
+
+    whole = json.loads(bench("whole.json", "--strategies", "full,naive,epic", "--limit", "3").read_text())
+    a = bench("a.json", "--strategies", "full,naive,epic:k=16", "--limit", "1")
+    b = bench("b.json", "--strategies", "full,naive,epic", "--skip", "1", "--limit", "2")
+    assert json.loads(b.read_text())["skip"] == 1
+    merged = tmp_path / "m.json"
+    assert main(["bench", "merge", str(a), str(b), "--strategies", "full,naive,epic", "--rename", "epic:k=16=epic",
+                 "--json", str(merged)]) == 0
+    joined = json.loads(merged.read_text())
+    assert joined["n"] == 3 and [p["n"] for p in joined["parts"]] == [1, 2]
+    for spec in ("full", "naive", "epic"):
+        w, j = whole["strategies"][spec], joined["strategies"][spec]
+        assert [e["answer"] for e in j["examples"]] == [e["answer"] for e in w["examples"]]
+        for key in ("f1", "first_token_kl", "answer_kl_mean", "rougeL_vs_full", "recompute_fraction",
+                    "answer_token_examples", "f1_diff_vs_full", "accuracy_diff_vs_full"):
+            assert j[key] == pytest.approx(w[key], rel=1e-5, abs=1e-6), (spec, key)
+        assert j["f1_diff_ci95"] == pytest.approx(w["f1_diff_ci95"], abs=1e-6)
+    assert "epic" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="contiguous"):
+        main(["bench", "merge", str(b), str(a), "--strategies", "full,naive", "--json", str(merged)])
+    with pytest.raises(SystemExit, match="--rename"):
+        main(["bench", "merge", str(a), str(b), "--strategies", "full,epic", "--json", str(merged)])
+    with pytest.raises(SystemExit, match="no examples after the first 50"):
+        main(["bench", "--dataset", "needle", "--skip", "50", "--json", str(merged)])
+
+
 def test_bench_rejects_bad_input(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('{"question": "not a list"}')
