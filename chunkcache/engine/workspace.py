@@ -115,8 +115,12 @@ def _place(k_pre: torch.Tensor, values: torch.Tensor, k_rot: torch.Tensor, sourc
     """Copy ``layers`` of every (span, record) in ``sources`` into the buffers and rotate their keys."""
     a, b = layers.start, layers.stop
     for span, rec in sources:  # from pinned host memory these copies are asynchronous
-        k_pre[a:b, :, span.start:span.end].copy_(rec.block("k")[a:b], non_blocking=True)
-        values[a:b, :, span.start:span.end].copy_(rec.block("v")[a:b], non_blocking=True)
+        for which, buf in (("k", k_pre), ("v", values)):
+            dst, src = buf[a:b, :, span.start:span.end], rec.block(which)[a:b]
+            if src.device != dst.device and not src.is_contiguous():  # a part of a record (ChunkRecord.whole_block)
+                whole, tokens = rec.whole_block(which, slice(a, b))
+                src = whole.to(device=dst.device, dtype=dst.dtype, non_blocking=True)[:, :, tokens]
+            dst.copy_(src, non_blocking=True)
     for start, end in _runs(kinds[a:b]):
         cos, sin = rotary.get(kinds[a + start])
         rope_rows(k_pre[a + start:a + end], cos, sin, place, out=k_rot[a + start:a + end, :, :length])

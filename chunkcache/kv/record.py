@@ -92,6 +92,8 @@ class ChunkRecord:
     exact: bool | None = None  # None: the default, exact for isolated records, not for captured variants
     # ``block`` results per "k"/"v", with the layer list each was made from (the list's identity keeps it valid)
     _blocks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # for a part made by ``slice``: the whole record and where the part starts in it (``whole_block``)
+    _whole: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.exact is None:
@@ -173,7 +175,7 @@ class ChunkRecord:
             raise ValueError(f"slice {start}:{end} outside a chunk of {self.n_tokens} tokens")
         if (start, end) == (0, self.n_tokens):
             return self
-        return ChunkRecord(
+        part = ChunkRecord(
             chunk_id=self.chunk_id,
             token_ids=self.token_ids[start:end],
             keys=[k[:, start:end] for k in self.keys],
@@ -185,3 +187,19 @@ class ChunkRecord:
             outside=None if self.outside is None else self.outside[start:end],
             exact=bool(self.exact) and start == 0,
         )
+        whole, offset = self._whole or (self, 0)
+        part._whole = (whole, offset + start)
+        return part
+
+    def whole_block(self, which: str, layers: slice) -> tuple[torch.Tensor, slice]:
+        """``layers`` of the keys or values of the record this one was cut from (itself if it is whole) and
+        the tokens of it that are this record's: ``whole_block(w, ls)[0][:, :, tokens]`` is ``block(w)[ls]``.
+
+        Why: a part's block is a strided view of the whole record's, and PyTorch copies a strided host tensor
+        to a device by first making it contiguous in pageable memory, a copy that holds the host until it
+        lands. Matched passages in served plain prompts are mostly parts, and those copies took about 0.1 s
+        of a 4K-token request's prefill on the H100 (docs/benchmarks.md, 2026-12-07). The whole record's
+        layers are contiguous, so they cross asynchronously and the part is cut out on the device
+        (engine/workspace.py), for the bytes of the tokens that did not match."""
+        whole, offset = self._whole or (self, 0)
+        return whole.block(which)[layers], slice(offset, offset + self.n_tokens)

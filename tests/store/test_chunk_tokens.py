@@ -44,3 +44,9 @@ def test_slice_keeps_the_matching_part_and_exactness_only_from_the_start():
     assert rec.slice(0, 10) is rec
     with pytest.raises(ValueError, match="outside"):
         rec.slice(5, 11)
+    # a part names its whole record's block and where it lies there, also for a part of a part
+    for part, first in ((mid, 3), (mid.slice(2, 5), 5), (rec, 0)):
+        for which in ("k", "v"):
+            whole, tokens = part.whole_block(which, slice(1, 3))
+            assert whole.is_contiguous() and (tokens.start, tokens.stop) == (first, first + part.n_tokens)
+            assert torch.equal(whole[:, :, tokens], part.block(which)[1:3])
