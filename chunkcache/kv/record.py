@@ -175,11 +175,12 @@ class ChunkRecord:
             raise ValueError(f"slice {start}:{end} outside a chunk of {self.n_tokens} tokens")
         if (start, end) == (0, self.n_tokens):
             return self
+        k, v = self.block("k")[:, :, start:end], self.block("v")[:, :, start:end]
         part = ChunkRecord(
             chunk_id=self.chunk_id,
             token_ids=self.token_ids[start:end],
-            keys=[k[:, start:end] for k in self.keys],
-            values=[v[:, start:end] for v in self.values],
+            keys=list(k.unbind(0)),  # one call for every layer's view: a served prompt cuts many parts
+            values=list(v.unbind(0)),
             fingerprint=self.fingerprint,
             prefix_ids=list(self.prefix_ids),
             inter=self.inter,
@@ -187,6 +188,7 @@ class ChunkRecord:
             outside=None if self.outside is None else self.outside[start:end],
             exact=bool(self.exact) and start == 0,
         )
+        part._blocks = {"k": (part.keys, k), "v": (part.values, v)}
         whole, offset = self._whole or (self, 0)
         part._whole = (whole, offset + start)
         return part
