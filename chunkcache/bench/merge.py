@@ -6,11 +6,12 @@ answer length. Each summary value in a part is a mean over that part's examples,
 mean weighted by their counts (exact); the paired F1 and accuracy differences against ``full`` and their
 95% intervals are recomputed from the per-example values; TTFT p50 is recomputed where every part has
 per-example TTFTs (results written before those were kept have only the mean, which joins exactly).
-``--rename OLD=NEW`` joins a strategy that one part ran under another spec; name only one that computes the
-same thing (for example a default written out in full).
+``--rename OLD NEW`` joins a strategy that a part ran under another spec: in a part that has OLD, OLD's result
+is taken as NEW's, and a result that part has under NEW itself is left out (and said so). Name only specs that
+compute the same thing (for example a default written out in full, where the default was then another setting).
 
     chunkcache bench merge results/a.json results/b.json --strategies full,naive,relevance \\
-        --rename "relevance:ratio=0.2,rest=probe=relevance" --json results/joined.json
+        --rename relevance:ratio=0.2,rest=probe relevance --json results/joined.json
 """
 
 from __future__ import annotations
@@ -29,12 +30,17 @@ MUST_AGREE = ("dataset", "model")
 SETTINGS_AGREE = ("max_new_tokens", "device", "dtype")
 
 
-def load_parts(paths: list[Path], renames: dict[str, str]) -> list[dict]:
+def load_parts(paths: list[Path], renames: list[tuple[str, str]]) -> list[dict]:
     """The parts in order, strategies renamed; refuses parts that are not one contiguous run of one setup."""
     parts = []
     for path in paths:
         part = json.loads(path.read_text())
-        part["strategies"] = {renames.get(s, s): m for s, m in part["strategies"].items()}
+        strategies = part["strategies"]
+        for old, new in renames:
+            if old in strategies:
+                if new in strategies:
+                    print(f"{path}: {old} is taken as {new}; its own {new} result is left out")
+                strategies[new] = strategies.pop(old)
         part["path"] = str(path)
         parts.append(part)
     first = parts[0]
@@ -96,16 +102,13 @@ def join(parts: list[dict], specs: list[str]) -> dict[str, dict]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("parts", type=Path, nargs="+", help="JSON results of the parts, in example order")
     p.add_argument("--strategies", required=True, help="comma-separated specs to join (full first)")
-    p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
-                   help="a spec one part ran under another name (split at the last '=')")
+    p.add_argument("--rename", action="append", nargs=2, default=[], metavar=("OLD", "NEW"),
+                   help="take a part's result under spec OLD as spec NEW's (module docstring)")
     p.add_argument("--json", type=Path, required=True, help="where to write the joined result")
 
 
 def command(args: argparse.Namespace) -> int:
-    bad = [r for r in args.rename if "=" not in r]
-    if bad:
-        raise SystemExit(f"error: --rename takes OLD=NEW, got {bad[0]!r}")
-    renames = dict(r.rsplit("=", 1) for r in args.rename)
+    renames = [tuple(r) for r in args.rename]
     specs = args.strategies.split(",")
     if specs[0] != "full":
         raise SystemExit("error: --strategies must start with full (the reference)")

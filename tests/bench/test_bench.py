@@ -65,8 +65,9 @@ def test_bench_time_limit_scores_only_completed_examples(tmp_path, capsys):
 
 
 def test_a_run_in_parts_merges_to_the_run_in_one(tmp_path, capsys):
-    """``--skip`` and ``bench merge``: examples 0-2 run as one and as two parts (one renamed strategy) give the
-    same means, paired intervals and per-example records; parts out of order or of another set are refused."""
+    """``--skip`` and ``bench merge``: examples 0-2 run as one and as two parts (a renamed strategy, the later
+    rename winning) give the same means, paired intervals and per-example records; parts out of order or
+    missing a strategy are refused."""
     def bench(name, *extra):
         out = tmp_path / name
         assert main(["bench", "--dataset", "needle", "--max-new-tokens", "4", "--dtype", "float32", "--quiet",
@@ -74,12 +75,12 @@ def test_a_run_in_parts_merges_to_the_run_in_one(tmp_path, capsys):
         return out
 
     whole = json.loads(bench("whole.json", "--strategies", "full,naive,epic", "--limit", "3").read_text())
-    a = bench("a.json", "--strategies", "full,naive,epic:k=16", "--limit", "1")
+    a = bench("a.json", "--strategies", "full,naive,epic:k=16,epic:k=4", "--limit", "1")
     b = bench("b.json", "--strategies", "full,naive,epic", "--skip", "1", "--limit", "2")
     assert json.loads(b.read_text())["skip"] == 1
     merged = tmp_path / "m.json"
-    assert main(["bench", "merge", str(a), str(b), "--strategies", "full,naive,epic", "--rename", "epic:k=16=epic",
-                 "--json", str(merged)]) == 0
+    assert main(["bench", "merge", str(a), str(b), "--strategies", "full,naive,epic", "--rename", "epic:k=4", "epic",
+                 "--rename", "epic:k=16", "epic", "--json", str(merged)]) == 0
     joined = json.loads(merged.read_text())
     assert joined["n"] == 3 and [p["n"] for p in joined["parts"]] == [1, 2]
     for spec in ("full", "naive", "epic"):
@@ -89,7 +90,7 @@ def test_a_run_in_parts_merges_to_the_run_in_one(tmp_path, capsys):
                     "answer_token_examples", "f1_diff_vs_full", "accuracy_diff_vs_full"):
             assert j[key] == pytest.approx(w[key], rel=1e-5, abs=1e-6), (spec, key)
         assert j["f1_diff_ci95"] == pytest.approx(w["f1_diff_ci95"], abs=1e-6)
-    assert "epic" in capsys.readouterr().out
+    assert "epic:k=16 is taken as epic; its own epic result is left out" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="contiguous"):
         main(["bench", "merge", str(b), str(a), "--strategies", "full,naive", "--json", str(merged)])
     with pytest.raises(SystemExit, match="--rename"):
