@@ -55,25 +55,27 @@ PAIRED = ["f1", "accuracy"]  # reported as mean paired difference vs full with a
 class Rows:
     """Per-example values of one strategy, in example order (answer-token metrics only where defined)."""
 
-    values: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in METRICS})
+    per_example: list[dict[str, float]] = field(default_factory=list)  # every value of each example
     ttft: list[float] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    per_example: list[dict[str, float]] = field(default_factory=list)  # every value of each example, for merging
 
     def start(self) -> None:
         """Begin the next example's record."""
         self.per_example.append({})
 
     def add(self, **kw: float) -> None:
-        for k, v in kw.items():
-            self.values[k].append(float(v))
-            self.per_example[-1][k] = float(v)
+        self.per_example[-1].update((k, float(v)) for k, v in kw.items())
+
+    def column(self, metric: str) -> list[float]:
+        """``metric``'s values over the examples that have it, in example order."""
+        return [e[metric] for e in self.per_example if metric in e]
 
     def summary(self, full: Rows) -> dict[str, float | list[float] | None]:
         """Means, TTFT mean/median, seconds, and the paired differences against ``full``."""
-        out: dict[str, float | list[float] | None] = {k: statistics.fmean(v) for k, v in self.values.items() if v}
-        out["answer_token_examples"] = len(self.values["answer_token_kl"])
+        out: dict[str, float | list[float] | None] = {k: statistics.fmean(v) for k in METRICS
+                                                      if (v := self.column(k))}
+        out["answer_token_examples"] = len(self.column("answer_token_kl"))
         if self.ttft:
             out["ttft_ms_mean"] = statistics.fmean(self.ttft)
             out["ttft_ms_p50"] = statistics.median(self.ttft)
@@ -82,8 +84,8 @@ class Rows:
         out["examples"] = [{"answer": a, "ttft_ms": t, **values}
                            for a, t, values in zip(self.answers, self.ttft, self.per_example)]
         for k in PAIRED:
-            if self.values[k]:
-                mean, ci = paired_difference(self.values[k], full.values[k])
+            if values := self.column(k):
+                mean, ci = paired_difference(values, full.column(k))
                 out[f"{k}_diff_vs_full"] = mean
                 out[f"{k}_diff_ci95"] = list(ci) if ci else None
         return out
