@@ -25,7 +25,8 @@ from chunkcache.bench.metrics import paired_difference
 from chunkcache.bench.report import table, write_json
 from chunkcache.bench.runner import METRICS, PAIRED
 
-ANSWER_TOKEN = {"answer_token_kl", "answer_token_agreement"}  # defined only where full's answer has a first answer token
+# defined only where full's answer has a first answer token (for results without per-example records)
+ANSWER_TOKEN = {"answer_token_kl", "answer_token_agreement"}
 MUST_AGREE = ("dataset", "model")
 SETTINGS_AGREE = ("max_new_tokens", "device", "dtype")
 
@@ -61,8 +62,12 @@ def load_parts(paths: list[Path], renames: list[tuple[str, str]]) -> list[dict]:
 
 
 def _weight(part: dict, spec: str, key: str) -> int:
-    """How many examples a part's mean of ``key`` is over."""
+    """How many examples a part's mean of ``key`` is over: counted from its per-example records, or, in a
+    result written before those kept every value, from what defines each metric."""
     m = part["strategies"][spec]
+    if all("ttft_ms" in e for e in m["examples"]):  # per-example records of every value (runner.Rows)
+        per_example = "ttft_ms" if key == "ttft_ms_mean" else key
+        return sum(1 for e in m["examples"] if per_example in e)
     if key in ANSWER_TOKEN:
         return m["answer_token_examples"]
     if key == "answer_kl_mean" and any(not e["answer"] for e in part["strategies"]["full"]["examples"]):
@@ -80,8 +85,7 @@ def join(parts: list[dict], specs: list[str]) -> dict[str, dict]:
         ms = [p["strategies"][spec] for p in parts]
         m: dict = {}
         for key in METRICS + ["ttft_ms_mean"]:
-            pairs = [(mm[key], _weight(p, spec, key if key != "ttft_ms_mean" else "n"))
-                     for p, mm in zip(parts, ms) if key in mm]
+            pairs = [(mm[key], _weight(p, spec, key)) for p, mm in zip(parts, ms) if key in mm]
             if len(pairs) == len(parts) and sum(w for _, w in pairs):
                 m[key] = sum(v * w for v, w in pairs) / sum(w for _, w in pairs)
         m["answer_token_examples"] = sum(mm["answer_token_examples"] for mm in ms)
