@@ -14,7 +14,14 @@ running max m and normaliser ℓ, O = diag(ℓ)^-1 · Σ_j exp(S_j − m) V_j) w
 - the output is written as [Tq, H·D], the layout the output projection reads, with no transpose.
 
 A query block holds 64 selected rows; sorted positions keep its rows close, so little of its key range is
-masked out. The same kernel runs under Triton's interpreter (``TRITON_INTERPRET=1``) on CPU tensors, which
+masked out.
+
+Few query rows over many keys (``naive``: only the question is computed, 64 rows over 8K keys) would give a
+grid of one block per head, 32 programs on a GPU of 132 multiprocessors, each walking every key. There the key
+range is split as in Flash-Decoding (Dao et al., 2023): each split runs the loop above over its own keys and
+writes its unnormalised output with its m and ℓ, and a second kernel merges the S splits of each row,
+O = Σ_s 2^(m_s − M) O_s / Σ_s 2^(m_s − M) ℓ_s with M = max_s m_s (the same identity the online softmax uses
+between key blocks). The same kernel runs under Triton's interpreter (``TRITON_INTERPRET=1``) on CPU tensors, which
 is how the default test suite checks it against SDPA.
 """
 
@@ -33,6 +40,11 @@ except ImportError:  # CPU-only installs: models/base.py then keeps every path o
 
 BLOCK_M = 64
 BLOCK_N = 64
+# Split the key range while the grid has fewer programs than this many per multiprocessor, into splits of
+# at least MIN_SPLIT_KEYS keys and at most MAX_SPLITS of them.
+PROGRAMS_PER_SM = 2
+MIN_SPLIT_KEYS = 1024
+MAX_SPLITS = 16
 
 
 def available(q: torch.Tensor) -> bool:
@@ -44,9 +56,12 @@ def available(q: torch.Tensor) -> bool:
 
 
 def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, scale: float,
-                       window: int | None = None) -> torch.Tensor:
+                       window: int | None = None, splits: int | None = None) -> torch.Tensor:
     """Causal attention of queries q [H, Tq, D] at ascending positions ``q_pos`` [Tq] over keys and values
-    k, v [H_kv, L, D] of positions 0..L-1 (module docstring). Returns [Tq, H·D] in q's dtype."""
+    k, v [H_kv, L, D] of positions 0..L-1 (module docstring). Returns [Tq, H·D] in q's dtype.
+
+    ``splits``: how many parts the key range is cut into; None chooses from the grid and the GPU's size
+    (module docstring), 1 never splits."""
     n_heads, n_q, d = q.shape
     n_kv, n_keys = k.shape[0], k.shape[1]
     if n_heads % n_kv or v.shape[:2] != k.shape[:2] or q_pos.shape != (n_q,):
@@ -56,13 +71,43 @@ def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos:
     out = torch.empty(n_q, n_heads * d, device=q.device, dtype=q.dtype)
     if n_q == 0:
         return out
-    grid = (triton.cdiv(n_q, BLOCK_M), n_heads)
-    _forward[grid](q, k, v, out, pos, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
-                   v.stride(1), out.stride(0), n_q, n_keys, n_heads // n_kv, scale * math.log2(math.e), window or 0,
-                   HEAD_DIM=d, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, WINDOWED=window is not None,
-                   INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", IEEE=q.dtype == torch.float32,
-                   num_warps=4, num_stages=3)
+    blocks = triton.cdiv(n_q, BLOCK_M)
+    if splits is None:
+        splits = _splits(q.device, blocks * n_heads, n_keys)
+    span = triton.cdiv(triton.cdiv(n_keys, max(1, splits)), BLOCK_N) * BLOCK_N  # keys per split
+    splits = triton.cdiv(n_keys, span)
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    common = dict(HEAD_DIM=d, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, WINDOWED=window is not None,
+                  INTERPRETED=interpreted, IEEE=q.dtype == torch.float32)
+    args = (q, k, v, pos, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), n_q,
+            n_keys, n_heads // n_kv, scale * math.log2(math.e), window or 0, span)
+    if splits == 1:
+        _forward[(blocks, n_heads, 1)](*args, out, out, out, out.stride(0), 0, SPLIT=False, **common,
+                                       num_warps=4, num_stages=3)
+        return out
+    part = torch.empty(splits, n_q, n_heads * d, device=q.device, dtype=torch.float32)
+    stat = torch.empty(2, splits, n_q, n_heads, device=q.device, dtype=torch.float32)  # m, ℓ
+    _forward[(blocks, n_heads, splits)](*args, part, stat[0], stat[1], part.stride(1), part.stride(0), SPLIT=True,
+                                        **common, num_warps=4, num_stages=3)
+    _merge[(n_q, n_heads)](part, stat[0], stat[1], out, splits, part.stride(0), part.stride(1), out.stride(0),
+                           n_heads, HEAD_DIM=d, SPLITS=triton.next_power_of_2(splits), num_warps=4)
     return out
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _splits(device: torch.device, programs: int, n_keys: int) -> int:
+    """Key splits for a grid of ``programs`` over ``n_keys`` keys (see PROGRAMS_PER_SM)."""
+    if device.type != "cuda":
+        return 1
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    wanted = _SM_COUNT[index] * PROGRAMS_PER_SM
+    if programs >= wanted:
+        return 1
+    return max(1, min(triton.cdiv(wanted, programs), n_keys // MIN_SPLIT_KEYS, MAX_SPLITS))
 
 
 if triton is not None:
@@ -102,10 +147,14 @@ if triton is not None:
         return _accumulate(s, vb, m_i, l_i, acc, IEEE)
 
     @triton.jit
-    def _forward(Q, K, V, O, POS, s_qh, s_qm, s_kh, s_kn, s_vh, s_vn, s_om, n_q, n_keys, groups, scale_log2,
-                 window, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 WINDOWED: tl.constexpr, INTERPRETED: tl.constexpr, IEEE: tl.constexpr):
+    def _forward(Q, K, V, POS, s_qh, s_qm, s_kh, s_kn, s_vh, s_vn, n_q, n_keys, groups, scale_log2, window, span,
+                 O, M, L, s_om, s_os, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 WINDOWED: tl.constexpr, INTERPRETED: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr):
+        """One block of query rows of one head over the keys of split ``program_id(2)``. Unsplit, writes the
+        normalised output to O [Tq, H·D]; split, writes the unnormalised output to O [S, Tq, H·D] and the
+        running max and normaliser to M, L [S, Tq, H]."""
         head = tl.program_id(1)
+        split = tl.program_id(2)
         kv_head = head // groups
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         dims = tl.arange(0, HEAD_DIM)
@@ -118,6 +167,8 @@ if triton is not None:
         if WINDOWED:
             lo = tl.maximum(tl.load(POS + first) - window + 1, 0)
             lo = (lo // BLOCK_N) * BLOCK_N
+        lo = tl.maximum(lo, split * span)  # span is a multiple of BLOCK_N: blocks stay aligned
+        hi = tl.minimum(hi, split * span + span)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -133,6 +184,33 @@ if triton is not None:
             for start in range(lo, hi, BLOCK_N):
                 m_i, l_i, acc = _key_block(q, pos, k_base, v_base, s_kn, s_vn, start, hi, window, m_i, l_i, acc,
                                            scale_log2, dims, BLOCK_N, WINDOWED, IEEE)
-        acc = acc / l_i[:, None]
-        tl.store(O + rows[:, None] * s_om + head * HEAD_DIM + dims[None, :], acc.to(O.dtype.element_ty),
-                 mask=valid[:, None])
+        if SPLIT:
+            n_heads = tl.num_programs(1)
+            tl.store(O + split * s_os + rows[:, None] * s_om + head * HEAD_DIM + dims[None, :], acc,
+                     mask=valid[:, None])
+            at = (split * n_q + rows) * n_heads + head
+            tl.store(M + at, m_i, mask=valid)
+            tl.store(L + at, l_i, mask=valid)
+        else:
+            acc = acc / l_i[:, None]
+            tl.store(O + rows[:, None] * s_om + head * HEAD_DIM + dims[None, :], acc.to(O.dtype.element_ty),
+                     mask=valid[:, None])
+
+    @triton.jit
+    def _merge(PART, M, L, O, splits, s_ps, s_pm, s_om, n_heads, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+        """Output of one row and head from its ``splits`` partial results (module docstring). A split whose
+        keys the row cannot see has m = −inf and ℓ = 0 and weighs nothing."""
+        row = tl.program_id(0)
+        head = tl.program_id(1)
+        parts = tl.arange(0, SPLITS)
+        used = parts < splits
+        at = (parts * tl.num_programs(0) + row) * n_heads + head
+        m = tl.load(M + at, mask=used, other=float("-inf"))
+        l_s = tl.load(L + at, mask=used, other=0.0)
+        top = tl.max(m, axis=0)
+        w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - top))
+        dims = tl.arange(0, HEAD_DIM)
+        acc = tl.load(PART + parts[:, None] * s_ps + row * s_pm + head * HEAD_DIM + dims[None, :],
+                      mask=used[:, None], other=0.0)
+        out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l_s * w, axis=0)
+        tl.store(O + row * s_om + head * HEAD_DIM + dims, out.to(O.dtype.element_ty))

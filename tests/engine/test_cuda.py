@@ -83,14 +83,15 @@ def test_cuda_full_matches_transformers_and_reuse_matches_cpu(dtype):
 @pytest.mark.parametrize("window", [None, 300])
 def test_cuda_selected_attention_matches_sdpa(window):
     """The selected-query kernel at a real head size (128, 4 query heads per KV head) in bf16 against
-    float64 SDPA on the same inputs, fresh random data, output poisoned first."""
+    float64 SDPA on the same inputs, fresh random data, output poisoned first; few rows over many keys take
+    the split-key path, checked as chosen and forced."""
     import torch.nn.functional as F
 
     from chunkcache.models.base import attention_mask
     from chunkcache.models.selected_attention import selected_attention
 
     gen = torch.Generator(device=DEVICE).manual_seed(3)
-    for keys, n_q in ((2000, 300), (4096, 4096), (999, 1)):
+    for keys, n_q in ((2000, 300), (4096, 4096), (999, 1), (8192, 64)):  # the last splits its keys
         q = torch.randn(32, n_q, 128, device=DEVICE, dtype=torch.bfloat16, generator=gen)
         k = torch.randn(8, keys + 64, 128, device=DEVICE, dtype=torch.bfloat16, generator=gen)[:, :keys]
         v = torch.randn(8, keys, 128, device=DEVICE, dtype=torch.bfloat16, generator=gen)
@@ -100,6 +101,8 @@ def test_cuda_selected_attention_matches_sdpa(window):
                                              attn_mask=attention_mask(pos, keys, window), scale=128 ** -0.5,
                                              enable_gqa=True)[0].transpose(0, 1).reshape(n_q, -1)
         assert not out.isnan().any() and _rel(out, ref) < 1e-2, (keys, n_q)
+        forced = selected_attention(q, k, v, pos, 128 ** -0.5, window, splits=5)
+        assert not forced.isnan().any() and _rel(forced, ref) < 1e-2, (keys, n_q, "split")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -45,6 +45,11 @@ def _check_selected_attention() -> None:
                                              scale=dim ** -0.5, enable_gqa=True)[0].transpose(0, 1).reshape(n_q, -1)
         err = float((out.double() - ref).norm() / ref.norm())
         assert out.shape == ref.shape and err < 1e-5, (heads, kv_heads, dim, keys, n_q, window, err)
+        # the key range cut in splits (Flash-Decoding), some of which a query block or a window cannot see
+        for splits in (2, 3):
+            part = selected_attention(q, k, v, pos, dim ** -0.5, window, splits=splits)
+            err = float((part.double() - ref).norm() / ref.norm())
+            assert err < 1e-5, (heads, kv_heads, dim, keys, n_q, window, splits, err)
         # a wrong position must change the result: the mask is really per query row
         shifted = pos.clone()
         shifted[0] = min(int(pos[0]) + 5, keys - 1)
