@@ -97,14 +97,15 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def decode_rate(model, result, token: int, n_seqs: int, steps: int) -> float:
+def decode_rate(model, result, token: int, n_seqs: int, steps: int, graphs: bool = True) -> float:
     """Decode tokens/s of ``n_seqs`` concurrent sequences that each start from ``result``'s prompt (the
-    serving engine's paged KV and batched decode step, engine/runner.py), over ``steps`` steps."""
+    serving engine's paged KV and batched decode step, engine/runner.py, replayed from CUDA graphs or not),
+    over ``steps`` steps."""
     length = result.length
     bs = ServingConfig.block_size
     per_seq = -(-(length + steps + 1) // bs)
-    blocks = KVBlocks(model.shape, n_seqs * per_seq, bs, model.device, model.dtype)
-    runner = DecodeRunner(model, blocks)
+    blocks = KVBlocks(model.shape, n_seqs * per_seq + 1, bs, model.device, model.dtype)  # +1: padding rows
+    runner = DecodeRunner(model, blocks, graphs)
     seqs = []
     for _ in range(n_seqs):
         seq = Sequence([], length, GenParams(max_tokens=steps + 1), None, set())
@@ -218,6 +219,7 @@ def run_context(model, context: int, chunk: int, repeats: int, strategies: list[
             row.update(tier_rows(tiers, records, prefill, DEFAULT_STRATEGY, repeats, redis_url))
         if decode is not None:
             row["decode_tok_s"] = decode_rate(model, *last, *decode)
+            row["decode_eager_tok_s"] = decode_rate(model, *last, *decode, graphs=False)
     row["tokens"] = int(ids.numel())
     return row
 
@@ -291,7 +293,8 @@ def print_table(rows: dict[int, dict], specs: list[str], host: list[str]) -> Non
                       f"{r[key] / r['full']:.2f}x full (read + verify alone {r[name + '_read_ms']:.1f} ms) |")
     for ctx, r in rows.items():
         if "decode_tok_s" in r:
-            print(f"decode after {specs[-1]} at {ctx} context: {r['decode_tok_s']:.0f} tokens/s")
+            print(f"decode after {specs[-1]} at {ctx} context: {r['decode_tok_s']:.0f} tokens/s "
+                  f"({r['decode_eager_tok_s']:.0f} without CUDA graphs)")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,15 @@ class KVBlocks:
         self.v = torch.zeros(size, device=device, dtype=dtype)
         self._free = list(range(n_blocks - 1, -1, -1))
         self._lock = threading.Lock()
+        self.capacity = n_blocks  # blocks requests may hold: all but those ``reserve`` took
+
+    def reserve(self) -> int:
+        """Take one block for the engine's own use (engine/runner.py's padding rows) for good."""
+        with self._lock:
+            if not self._free:
+                raise ValueError("no free KV block to reserve")
+            self.capacity -= 1
+            return self._free.pop()
 
     @classmethod
     def from_bytes(cls, shape: ModelShape, kv_bytes: int, block_size: int, device: torch.device,

@@ -10,9 +10,20 @@ the host reads the B next tokens back once per step.
 
 Greedy output does not depend on the batch: every row's arithmetic is the same whatever the other rows
 (masked padding contributes exact zeros), which tests/engine/test_serving.py checks token for token.
+
+On CUDA the step is replayed from a CUDA graph (``torch.cuda.CUDAGraph``), one per batch size bucket
+(GRAPH_BATCHES), captured the first time a step needs it: a decode step issues about 15 kernels a layer for
+a few rows each, and issuing them from Python took longer than the GPU took to run them (issue 6). A graph
+reads its inputs from fixed device buffers, so a step writes the requests' tokens, positions, slots and
+block tables there (two copies) and replays. A batch is padded up to its bucket with rows that write to and
+read from one reserved block only (``sink``), so they touch no request's K/V. Graphs need the paged
+kernel (a fixed grid over the requests' block tables, each loop bounded by the row's own length); other
+devices and batches above the largest bucket run the same layers eagerly.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,28 +36,108 @@ from chunkcache.models import paged_attention
 from chunkcache.models.rope import RotaryTables, rope_rows
 
 
-class DecodeRunner:
-    """Runs decode steps of ``model`` over ``blocks`` (see module docstring)."""
+# Batch sizes a decode graph is captured for; a batch runs in the smallest bucket that holds it.
+GRAPH_BATCHES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 
-    def __init__(self, model: CausalLM, blocks: KVBlocks) -> None:
+
+@dataclass
+class _Graph:
+    """One captured decode step for ``size`` rows and the fixed buffers it reads and writes: ``rows``
+    [4, size] (token, RoPE position, block and offset of the new K/V), ``paged`` int32 [size + size·width]
+    (keys each row sees, then the block tables row by row), ``logits`` [size, vocab]."""
+
+    size: int
+    rows: torch.Tensor
+    paged: torch.Tensor
+    logits: torch.Tensor | None = None
+    graph: torch.cuda.CUDAGraph | None = None
+
+
+class DecodeRunner:
+    """Runs decode steps of ``model`` over ``blocks`` (see module docstring). ``graphs``: replay CUDA graphs
+    where the device allows (module docstring); it takes one block of ``blocks`` for the padding rows."""
+
+    def __init__(self, model: CausalLM, blocks: KVBlocks, graphs: bool = True) -> None:
         self.model = model
         self.blocks = blocks
         self.rotary: RotaryTables = model.rotary(model.shape.max_positions)
+        self.paged = paged_attention.available(model.device, model.shape.head_dim)
+        self.sink: int | None = None
+        if graphs and self.paged:
+            self.sink = blocks.reserve()
+        self.width = -(-model.shape.max_positions // blocks.block_size)  # the longest block table
+        self._graphs: dict[int, _Graph] = {}
 
     @torch.inference_mode()
     def step(self, seqs: list[Sequence]) -> list[int]:
         """Feed each request's pending token, store its K/V, return each request's next token."""
-        model, s, dev = self.model, self.model.shape, self.model.device
+        size = next((b for b in GRAPH_BATCHES if b >= len(seqs)), None) if self.sink is not None else None
+        if size is None:
+            return self._sample(seqs, self._eager(seqs))
+        g = self._graphs.get(size) or self._capture(size)
+        rows, paged = self._padding(size)
+        bs = self.blocks.block_size
+        for i, q in enumerate(seqs):
+            rows[:, i] = torch.tensor([q.pending, q.rope_position(q.kv_len), q.blocks[q.kv_len // bs], q.kv_len % bs])
+            paged[i] = q.kv_len + 1
+            at = size + i * self.width
+            paged[at:at + len(q.blocks)] = torch.tensor(q.blocks, dtype=torch.int32)
+        g.rows.copy_(rows)
+        g.paged.copy_(paged)
+        g.graph.replay()
+        return self._sample(seqs, g.logits[:len(seqs)])
+
+    def _padding(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Host buffers of a graph's inputs with every row a padding row: token 0 at position 0, written to
+        slot 0 of the sink block, seeing that one key."""
+        rows = torch.zeros(4, size, dtype=torch.long)
+        rows[2] = self.sink
+        paged = torch.full((size * (1 + self.width),), self.sink, dtype=torch.int32)
+        paged[:size] = 1
+        return rows, paged
+
+    def _capture(self, size: int) -> _Graph:
+        """Capture the decode step for ``size`` rows (all padding while capturing: only the sink is written)."""
+        dev = self.model.device
+        rows, paged = self._padding(size)
+        g = _Graph(size, rows.to(dev), paged.to(dev))
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):  # compile the Triton kernels and warm cuBLAS outside the capture
+            self._layers(*self._graph_inputs(g))
+        torch.cuda.current_stream(dev).wait_stream(side)
+        g.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g.graph):
+            g.logits = self._layers(*self._graph_inputs(g))
+        self._graphs[size] = g
+        return g
+
+    def _graph_inputs(self, g: _Graph) -> tuple:
+        """The ``_layers`` arguments as views of a graph's buffers."""
+        tables = g.paged[g.size:].view(g.size, self.width)
+        return g.rows[0], g.rows[1], (g.rows[2], g.rows[3]), tables, g.paged[:g.size], None, None
+
+    def _eager(self, seqs: list[Sequence]) -> torch.Tensor:
+        """The step's logits [B, vocab] without a graph."""
+        dev = self.model.device
         width = max(len(q.blocks) for q in seqs)
         tables = torch.tensor([q.blocks + [q.blocks[0]] * (width - len(q.blocks)) for q in seqs], device=dev)
         slot = torch.tensor([q.kv_len for q in seqs], device=dev)
         rope = torch.tensor([q.rope_position(q.kv_len) for q in seqs], device=dev)
-        where = self.blocks.slots(tables, slot)
-        paged = paged_attention.available(dev, s.head_dim)  # the blocks read in place (models/paged_attention.py)
-        if paged:  # the kernel's int32 tables and lengths, once a step
-            tables32, lengths = tables.to(torch.int32), (slot + 1).to(torch.int32)
+        tokens = torch.tensor([q.pending for q in seqs], device=dev)
+        lengths = (slot + 1).to(torch.int32)
+        return self._layers(tokens, rope, self.blocks.slots(tables, slot), tables.to(torch.int32), lengths,
+                            tables, slot)
+
+    def _layers(self, tokens: torch.Tensor, rope: torch.Tensor, where: tuple[torch.Tensor, torch.Tensor],
+                tables32: torch.Tensor, lengths: torch.Tensor, tables: torch.Tensor | None,
+                slot: torch.Tensor | None) -> torch.Tensor:
+        """Logits [B, vocab] of one token per row: ``tokens`` at RoPE positions ``rope``, K/V stored at
+        ``where`` (blocks, offsets), attention over the first ``lengths`` keys of each row's block table
+        (``tables32`` int32 for the paged kernel; ``tables`` and ``slot`` for gather + SDPA without it)."""
+        model, s = self.model, self.model.shape
         masks: dict[int | None, torch.Tensor] = {}
-        h = model.embed(torch.tensor([q.pending for q in seqs], device=dev))
+        h = model.embed(tokens)
         for layer in range(s.n_layers):
             q, k, v = model.qkv(layer, h)  # q [H, B, D], k/v [Hkv, B, D]
             cos, sin = self.rotary.get(model.layer_type(layer))
@@ -54,17 +145,16 @@ class DecodeRunner:
             k = rope_rows(k, cos, sin, rope)
             self.blocks.write_token(layer, where, k.transpose(0, 1), v.transpose(0, 1))
             window = model.windows[layer]
-            if paged:
+            if self.paged:  # the blocks read in place (models/paged_attention.py)
                 attn = paged_attention.paged_decode_attention(q.transpose(0, 1), self.blocks.k[layer],
                                                               self.blocks.v[layer], tables32, lengths,
                                                               model.scaling, window)
             else:
                 if window not in masks:
-                    masks[window] = self._mask(slot, width * self.blocks.block_size, window)
+                    masks[window] = self._mask(slot, tables.shape[1] * self.blocks.block_size, window)
                 attn = self._attend(q, *self.blocks.gather(layer, tables), masks[window])
             h = model.finish_layer(layer, h, attn)
-        logits = model.head(h)
-        return self._sample(seqs, logits)
+        return model.head(h)
 
     @staticmethod
     def _mask(slot: torch.Tensor, n_keys: int, window: int | None) -> torch.Tensor:

@@ -44,7 +44,7 @@ class Scheduler:
 
     def fits(self, seq: Sequence) -> bool:
         """Whether the request could ever run: its whole budget fits in the empty pool."""
-        return self.blocks.blocks_for(seq.budget_tokens) <= self.blocks.n_blocks
+        return self.blocks.blocks_for(seq.budget_tokens) <= self.blocks.capacity
 
     def add(self, seq: Sequence) -> None:
         with self._lock:

@@ -47,6 +47,7 @@ class ServingConfig:
     max_running: int = 32
     max_waiting: int = 64
     max_prefill_tokens: int = 8192
+    cuda_graphs: bool = True  # decode steps replayed from CUDA graphs where the device allows (engine/runner.py)
 
 
 class PromptTooLongError(ValueError):
@@ -73,7 +74,7 @@ class ServingEngine:
                                           model.dtype)
         self.scheduler = Scheduler(self.blocks, config.max_running, config.max_waiting,
                                    config.max_prefill_tokens)
-        self.runner = DecodeRunner(model, self.blocks)
+        self.runner = DecodeRunner(model, self.blocks, config.cuda_graphs)
         self.plain = PlainPrompts(reuse)
         self.plain.index_store()
         self.requests_total = 0
@@ -115,7 +116,7 @@ class ServingEngine:
         seq = Sequence(prompt, n, params, handle, self.reuse.stop_ids)
         if not self.scheduler.fits(seq):
             raise ValueError(f"the prompt ({n} tokens) plus max_tokens ({params.max_tokens}) needs more KV memory "
-                             f"than the server's pool of {self.blocks.n_blocks * self.blocks.block_size} tokens")
+                             f"than the server's pool of {self.blocks.capacity * self.blocks.block_size} tokens")
         self.scheduler.add(seq)
         with self._wake:
             self.requests_total += 1
@@ -142,7 +143,7 @@ class ServingEngine:
 
     def snapshot(self) -> dict:
         waiting, running = self.scheduler.counts()
-        return {"waiting": waiting, "running": running, "kv_blocks_total": self.blocks.n_blocks,
+        return {"waiting": waiting, "running": running, "kv_blocks_total": self.blocks.capacity,
                 "kv_blocks_free": self.blocks.free_blocks, "requests_total": self.requests_total,
                 "steps": self.steps}
 

@@ -179,6 +179,46 @@ def test_cuda_greedy_decode_matches_transformers():
     assert ours == ref
 
 
+def test_cuda_graph_decode_gives_the_eager_tokens_and_writes_only_its_slots():
+    """Decode steps replayed from CUDA graphs (batches padded to a bucket: 3 rows in the graph of 4, then 1)
+    give the tokens of the eager step, and write nothing outside the requests' slots and the sink block."""
+    from chunkcache.engine.kv_blocks import KVBlocks
+    from chunkcache.engine.runner import DecodeRunner
+    from chunkcache.engine.sequence import GenParams, Sequence
+
+    _, model = _models(torch.float32)
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 1000, (n,), generator=gen) for n in (37, 120, 64)]
+    pres = [partial_prefill(model, p, Layout(Span(0, 0), [], Span(0, len(p))), None, [], Plan(torch.arange(len(p))))
+            for p in prompts]
+    runs = []
+    for graphs in (True, False):
+        blocks = KVBlocks(model.shape, 64, 16, model.device, model.dtype)
+        runner = DecodeRunner(model, blocks, graphs)
+        assert (runner.sink is not None) == graphs and blocks.capacity == 64 - graphs
+        seqs = []
+        for pre in pres:
+            seq = Sequence([], pre.length, GenParams(max_tokens=20), None, set())
+            seq.blocks = blocks.allocate(-(-(pre.length + 12) // 16))
+            blocks.write_prompt(seq.blocks, pre.keys, pre.values, pre.length)
+            seq.kv_len, seq.next_position, seq.pending = pre.length, pre.next_position, int(pre.logits.argmax())
+            seqs.append(seq)
+        tokens = []
+        for step in range(10):
+            running = seqs if step < 6 else seqs[1:2]
+            out = runner.step(running)
+            for seq, tok in zip(running, out):
+                seq.kv_len, seq.pending = seq.kv_len + 1, tok
+            tokens.append(out)
+        used = {b for seq in seqs for b in seq.blocks} | ({runner.sink} if graphs else set())
+        if graphs:
+            assert sorted(runner._graphs) == [1, 4]  # replayed, not run eagerly
+        untouched = [b for b in range(64) if b not in used]
+        assert not blocks.k[:, untouched].any() and not blocks.v[:, untouched].any()
+        runs.append(tokens)
+    assert runs[0] == runs[1]
+
+
 def test_cuda_serving_engine_batches_to_the_single_request_tokens():
     """The serving engine on the device: paged, batched decode of concurrent requests gives the tokens of
     the one-request path (prefill + decode.generate) for each."""
