@@ -107,7 +107,7 @@ class DecodeRunner:
             self._layers(*self._graph_inputs(g))
         torch.cuda.current_stream(dev).wait_stream(side)
         g.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g.graph):
+        with torch.cuda.graph(g.graph, capture_error_mode="thread_local"):  # other threads (tiers) may use CUDA
             g.logits = self._layers(*self._graph_inputs(g))
         self._graphs[size] = g
         return g
