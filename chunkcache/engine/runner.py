@@ -72,7 +72,7 @@ class DecodeRunner:
     def step(self, seqs: list[Sequence]) -> list[int]:
         """Feed each request's pending token, store its K/V, return each request's next token."""
         size = next((b for b in GRAPH_BATCHES if b >= len(seqs)), None) if self.sink is not None else None
-        if size is None:
+        if size is None or any(len(q.blocks) > self.width for q in seqs):
             return self._sample(seqs, self._eager(seqs))
         g = self._graphs.get(size) or self._capture(size)
         rows, paged = self._padding(size)
