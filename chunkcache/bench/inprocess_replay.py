@@ -53,6 +53,7 @@ class EngineSettings:
     max_waiting: int | None = None
     kv_bytes: int | None = None
     store_bytes: int = 8 << 30  # host-memory tier of chunk records
+    cuda_graphs: bool | None = None
 
 
 def build_engine(lm, tokenizer, settings: EngineSettings):
@@ -62,7 +63,8 @@ def build_engine(lm, tokenizer, settings: EngineSettings):
     from chunkcache.strategies import make_strategy
 
     overrides = {k: v for k, v in (("max_running", settings.max_running), ("max_waiting", settings.max_waiting),
-                                   ("kv_bytes", settings.kv_bytes)) if v is not None}
+                                   ("kv_bytes", settings.kv_bytes), ("cuda_graphs", settings.cuda_graphs))
+                 if v is not None}
     engine = ServingEngine(ReuseEngine(lm, tokenizer, memory_bytes=settings.store_bytes), make_strategy(settings.strategy), ServingConfig(**overrides))
     engine.start()
     return engine

@@ -74,6 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             "model's 150-token passage takes 19 MB)")
     where.add_argument("--prompt-format", default="chat", choices=["chat", "rag"],
                        help="--in-process: chat-templated ids (as /v1/chat/completions) or a RagPrompt")
+    where.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                       help="--in-process: replay decode steps from CUDA graphs (ServingConfig.cuda_graphs)")
     load = p.add_argument_group("the trace")
     load.add_argument("--dataset", type=Path, default=None, help="MuSiQue-format JSON (default: shared musique_dev)")
     load.add_argument("--requests", type=int, default=64, help="trace length (default 64)")
@@ -142,7 +144,7 @@ def _run_in_process(args: argparse.Namespace, trace: list[TraceRequest], runs: l
     for run in runs:
         print(f"in-process run {run.name}", file=sys.stderr, flush=True)
         engine = build_engine(lm, tok, EngineSettings(run.strategy, run.max_running, args.max_waiting, args.kv_bytes,
-                                                    args.store_bytes))
+                                                    args.store_bytes, args.cuda_graphs))
         try:
             out[run.name] = replay_engine(engine, trace, args.clients, args.max_tokens, args.prompt_format,
                                           args.warmup)
@@ -186,7 +188,7 @@ def run(args: argparse.Namespace) -> dict:
                             "prompt_format": args.prompt_format if args.in_process else "chat",
                             "max_running": args.max_running, "max_waiting": args.max_waiting,
                             "kv_bytes": args.kv_bytes, "store_bytes": args.store_bytes, "layers": args.layers,
-                            "hardware": hardware(args.device),
+                            "cuda_graphs": args.cuda_graphs, "hardware": hardware(args.device),
                             "date": datetime.date.today().isoformat(),
                             "seconds": round(time.perf_counter() - t0, 1)},
                "runs": rows}

@@ -11,14 +11,16 @@ the host reads the B next tokens back once per step.
 Greedy output does not depend on the batch: every row's arithmetic is the same whatever the other rows
 (masked padding contributes exact zeros), which tests/engine/test_serving.py checks token for token.
 
-On CUDA the step is replayed from a CUDA graph (``torch.cuda.CUDAGraph``), one per batch size bucket
+With ``graphs`` on CUDA the step is replayed from a CUDA graph (``torch.cuda.CUDAGraph``), one per batch size bucket
 (GRAPH_BATCHES), captured the first time a step needs it: a decode step issues about 15 kernels a layer for
-a few rows each, and issuing them from Python took longer than the GPU took to run them (issue 6). A graph
+a few rows each, and for `naive`'s question-only prefill, work of the same shape, the H100 profile found the
+host issuing kernels slower than the GPU ran them (docs/benchmarks.md, issue 6). A graph
 reads its inputs from fixed device buffers, so a step writes the requests' tokens, positions, slots and
 block tables there (two copies) and replays. A batch is padded up to its bucket with rows that write to and
 read from one reserved block only (``sink``), so they touch no request's K/V. Graphs need the paged
 kernel (a fixed grid over the requests' block tables, each loop bounded by the row's own length); other
-devices and batches above the largest bucket run the same layers eagerly.
+devices and batches above the largest bucket run the same layers eagerly. Not yet run on a GPU (no device
+was lent when it was written), so the serving engine keeps it off by default (``ServingConfig.cuda_graphs``).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class DecodeRunner:
     """Runs decode steps of ``model`` over ``blocks`` (see module docstring). ``graphs``: replay CUDA graphs
     where the device allows (module docstring); it takes one block of ``blocks`` for the padding rows."""
 
-    def __init__(self, model: CausalLM, blocks: KVBlocks, graphs: bool = True) -> None:
+    def __init__(self, model: CausalLM, blocks: KVBlocks, graphs: bool = False) -> None:
         self.model = model
         self.blocks = blocks
         self.rotary: RotaryTables = model.rotary(model.shape.max_positions)

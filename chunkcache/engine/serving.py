@@ -47,7 +47,9 @@ class ServingConfig:
     max_running: int = 32
     max_waiting: int = 64
     max_prefill_tokens: int = 8192
-    cuda_graphs: bool = True  # decode steps replayed from CUDA graphs where the device allows (engine/runner.py)
+    # Decode steps replayed from CUDA graphs where the device allows (engine/runner.py). Off until measured:
+    # written and tested on CPU only so far; tests/engine/test_cuda.py checks its tokens against the eager step.
+    cuda_graphs: bool = False
 
 
 class PromptTooLongError(ValueError):
