@@ -25,6 +25,7 @@ was lent when it was written), so the serving engine keeps it off by default (``
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,8 @@ from chunkcache.models.base import CausalLM
 from chunkcache.models import paged_attention
 from chunkcache.models.rope import RotaryTables, rope_rows
 
+
+log = logging.getLogger(__name__)
 
 # Batch sizes a decode graph is captured for; a batch runs in the smallest bucket that holds it.
 GRAPH_BATCHES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
@@ -67,8 +70,10 @@ class DecodeRunner:
         self.sink: int | None = None
         if graphs and self.paged:
             self.sink = blocks.reserve()
-        self.width = -(-model.shape.max_positions // blocks.block_size)  # the longest block table
+        # the longest block table: the context window's, or the whole pool's if that is smaller
+        self.width = min(-(-model.shape.max_positions // blocks.block_size), blocks.capacity)
         self._graphs: dict[int, _Graph] = {}
+        self._pool = None
 
     @torch.inference_mode()
     def step(self, seqs: list[Sequence]) -> list[int]:
@@ -77,13 +82,18 @@ class DecodeRunner:
         if size is None or any(len(q.blocks) > self.width for q in seqs):
             return self._sample(seqs, self._eager(seqs))
         g = self._graphs.get(size) or self._capture(size)
+        if g is None:
+            return self._sample(seqs, self._eager(seqs))
         rows, paged = self._padding(size)
         bs = self.blocks.block_size
+        n = len(seqs)
+        rows[:, :n] = torch.tensor([[q.pending, q.rope_position(q.kv_len), q.blocks[q.kv_len // bs], q.kv_len % bs]
+                                    for q in seqs]).T
         for i, q in enumerate(seqs):
-            rows[:, i] = torch.tensor([q.pending, q.rope_position(q.kv_len), q.blocks[q.kv_len // bs], q.kv_len % bs])
             paged[i] = q.kv_len + 1
             at = size + i * self.width
-            paged[at:at + len(q.blocks)] = torch.tensor(q.blocks, dtype=torch.int32)
+            used = q.kv_len // bs + 1  # the blocks the kernel reads: up to the one the new token lands in
+            paged[at:at + used] = torch.tensor(q.blocks[:used], dtype=torch.int32)
         g.rows.copy_(rows)
         g.paged.copy_(paged)
         g.graph.replay()
@@ -98,19 +108,29 @@ class DecodeRunner:
         paged[:size] = 1
         return rows, paged
 
-    def _capture(self, size: int) -> _Graph:
-        """Capture the decode step for ``size`` rows (all padding while capturing: only the sink is written)."""
+    def _capture(self, size: int) -> _Graph | None:
+        """Capture the decode step for ``size`` rows (all padding while capturing: only the sink is written).
+        A capture that fails turns graphs off for good (logged), so later steps run eagerly instead of
+        failing their batch again."""
         dev = self.model.device
         rows, paged = self._padding(size)
         g = _Graph(size, rows.to(dev), paged.to(dev))
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):  # compile the Triton kernels and warm cuBLAS outside the capture
-            self._layers(*self._graph_inputs(g))
-        torch.cuda.current_stream(dev).wait_stream(side)
-        g.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g.graph, capture_error_mode="thread_local"):  # other threads (tiers) may use CUDA
-            g.logits = self._layers(*self._graph_inputs(g))
+        try:
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):  # compile the Triton kernels and warm cuBLAS outside the capture
+                self._layers(*self._graph_inputs(g))
+            torch.cuda.current_stream(dev).wait_stream(side)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()  # one pool: buckets replay one at a time
+            g.graph = torch.cuda.CUDAGraph()
+            # thread-local: a store thread's CUDA work (tiers) must not break the capture
+            with torch.cuda.graph(g.graph, pool=self._pool, capture_error_mode="thread_local"):
+                g.logits = self._layers(*self._graph_inputs(g))
+        except RuntimeError:
+            log.exception("capturing the decode step for %d rows failed; decoding without CUDA graphs", size)
+            self.sink = None  # graphs off; the reserved block stays out of the pool
+            return None
         self._graphs[size] = g
         return g
 

@@ -73,7 +73,8 @@ def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos:
         return out
     blocks = triton.cdiv(n_q, BLOCK_M)
     if splits is None:
-        splits = _splits(q.device, blocks * n_heads, n_keys)
+        reach = n_keys if window is None else min(n_keys, window + BLOCK_M)  # keys one query block can see
+        splits = _splits(q.device, blocks * n_heads, reach)
     span = triton.cdiv(triton.cdiv(n_keys, max(1, splits)), BLOCK_N) * BLOCK_N  # keys per split
     splits = triton.cdiv(n_keys, span)
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
@@ -98,7 +99,8 @@ _SM_COUNT: dict[int, int] = {}
 
 
 def _splits(device: torch.device, programs: int, n_keys: int) -> int:
-    """Key splits for a grid of ``programs`` over ``n_keys`` keys (see PROGRAMS_PER_SM)."""
+    """Key splits for a grid of ``programs`` whose query blocks each see up to ``n_keys`` keys (see
+    PROGRAMS_PER_SM)."""
     if device.type != "cuda":
         return 1
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -186,7 +188,7 @@ if triton is not None:
                                            scale_log2, dims, BLOCK_N, WINDOWED, IEEE)
         if SPLIT:
             n_heads = tl.num_programs(1)
-            tl.store(O + split * s_os + rows[:, None] * s_om + head * HEAD_DIM + dims[None, :], acc,
+            tl.store(O + split.to(tl.int64) * s_os + rows[:, None] * s_om + head * HEAD_DIM + dims[None, :], acc,
                      mask=valid[:, None])
             at = (split * n_q + rows) * n_heads + head
             tl.store(M + at, m_i, mask=valid)

@@ -180,15 +180,16 @@ def test_cuda_greedy_decode_matches_transformers():
 
 
 def test_cuda_graph_decode_gives_the_eager_tokens_and_writes_only_its_slots():
-    """Decode steps replayed from CUDA graphs (batches padded to a bucket: 3 rows in the graph of 4, then 1)
-    give the tokens of the eager step, and write nothing outside the requests' slots and the sink block."""
+    """Decode steps replayed from CUDA graphs give the eager step's tokens and K/V: 4 rows in the graph of 4,
+    then 3 in the same graph (a padding row where a request was), then 1. Nothing outside the requests'
+    slots and the reserved block is written."""
     from chunkcache.engine.kv_blocks import KVBlocks
     from chunkcache.engine.runner import DecodeRunner
     from chunkcache.engine.sequence import GenParams, Sequence
 
     _, model = _models(torch.float32)
     gen = torch.Generator().manual_seed(5)
-    prompts = [torch.randint(0, 1000, (n,), generator=gen) for n in (37, 120, 64)]
+    prompts = [torch.randint(0, 1000, (n,), generator=gen) for n in (37, 120, 64, 90)]
     pres = [partial_prefill(model, p, Layout(Span(0, 0), [], Span(0, len(p))), None, [], Plan(torch.arange(len(p))))
             for p in prompts]
     runs = []
@@ -205,23 +206,28 @@ def test_cuda_graph_decode_gives_the_eager_tokens_and_writes_only_its_slots():
             seqs.append(seq)
         tokens = []
         for step in range(10):
-            running = seqs if step < 6 else seqs[1:2]
+            running = seqs if step < 3 else seqs[:3] if step < 6 else seqs[1:2]
             out = runner.step(running)
             for seq, tok in zip(running, out):
                 seq.kv_len, seq.pending = seq.kv_len + 1, tok
             tokens.append(out)
-        used = {b for seq in seqs for b in seq.blocks} | ({runner.sink} if graphs else set())
         if graphs:
             assert sorted(runner._graphs) == [1, 4]  # replayed, not run eagerly
+        used = {b for seq in seqs for b in seq.blocks} | ({runner.sink} if graphs else set())
         untouched = [b for b in range(64) if b not in used]
         assert not blocks.k[:, untouched].any() and not blocks.v[:, untouched].any()
-        runs.append(tokens)
-    assert runs[0] == runs[1]
+        kv = [torch.cat([pool[:, seq.blocks].flatten(1, 2)[:, :seq.kv_len] for pool in (blocks.k, blocks.v)])
+              for seq in seqs]  # each request's K/V in slot order, prompt and decoded tokens
+        runs.append((tokens, kv))
+    assert runs[0][0] == runs[1][0]
+    for graphed, eager in zip(runs[0][1], runs[1][1]):
+        assert _rel(graphed, eager) < 1e-4  # float32: other batch sizes round differently; a wrong slot is O(1)
 
 
-def test_cuda_serving_engine_batches_to_the_single_request_tokens():
-    """The serving engine on the device: paged, batched decode of concurrent requests gives the tokens of
-    the one-request path (prefill + decode.generate) for each."""
+@pytest.mark.parametrize("graphs", [False, True])
+def test_cuda_serving_engine_batches_to_the_single_request_tokens(graphs):
+    """The serving engine on the device: paged, batched decode of concurrent requests (eager or replayed from
+    CUDA graphs) gives the tokens of the one-request path (prefill + decode.generate) for each."""
     from chunkcache.bench.word_tokenizer import WordTokenizer
     from chunkcache.engine.decode import generate
     from chunkcache.engine.reuse import ReuseEngine
@@ -231,7 +237,7 @@ def test_cuda_serving_engine_batches_to_the_single_request_tokens():
     _, model = _models(torch.float32)
     tok = WordTokenizer(1000)
     eng = ServingEngine(ReuseEngine(model, tok, store_dtype=torch.float32), make_strategy("focus"),
-                        ServingConfig(kv_bytes=64 << 20, max_running=8))
+                        ServingConfig(kv_bytes=64 << 20, max_running=8, cuda_graphs=graphs))
     tpl = eng.reuse.template
     words = [f"w{i}" for i in range(400)]
     chunks = [tpl.encode_chunk(" ".join(words[i:i + 60 + 7 * i])) for i in range(0, 300, 60)]
