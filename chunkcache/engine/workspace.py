@@ -114,12 +114,15 @@ def _place(k_pre: torch.Tensor, values: torch.Tensor, k_rot: torch.Tensor, sourc
            rotary: RotaryTables, place: torch.Tensor | None, length: int, layers: range) -> None:
     """Copy ``layers`` of every (span, record) in ``sources`` into the buffers and rotate their keys."""
     a, b = layers.start, layers.stop
+    moved: dict[int, torch.Tensor] = {}  # whole records' layers already on the device: parts of one cross once
     for span, rec in sources:  # from pinned host memory these copies are asynchronous
         for which, buf in (("k", k_pre), ("v", values)):
             dst, src = buf[a:b, :, span.start:span.end], rec.block(which)[a:b]
             if src.device != dst.device and not src.is_contiguous():  # a part of a record (ChunkRecord.whole_block)
                 whole, tokens = rec.whole_block(which, slice(a, b))
-                src = whole.to(device=dst.device, dtype=dst.dtype, non_blocking=True)[:, :, tokens]
+                if whole.data_ptr() not in moved:
+                    moved[whole.data_ptr()] = whole.to(device=dst.device, dtype=dst.dtype, non_blocking=True)
+                src = moved[whole.data_ptr()][:, :, tokens]
             dst.copy_(src, non_blocking=True)
     for start, end in _runs(kinds[a:b]):
         cos, sin = rotary.get(kinds[a + start])

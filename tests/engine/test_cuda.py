@@ -283,26 +283,25 @@ def test_cuda_records_streamed_from_pinned_host_give_the_same_logits():
 
 def test_cuda_parts_of_pinned_records_place_as_parts_on_the_device():
     """A matched part of a record (``ChunkRecord.slice``, what plain prompts reuse) in pinned host memory is
-    copied as its whole record and cut out on the device (``ChunkRecord.whole_block``): the logits are bit
-    for bit those of the same parts already on the device."""
+    copied as its whole record and cut out on the device (``ChunkRecord.whole_block``), two parts of one record
+    from one copy: the logits are bit for bit those of the same parts already on the device."""
     from chunkcache.kv.record import host_copy
 
     _, dev = _models(torch.bfloat16)
-    template, chunks, ids, layout = _prompt(seed=7)
+    template, chunks, ids, _ = _prompt(seed=7)
     prefix = template_record(dev, template, torch.bfloat16)
     whole = [isolated_record(dev, template, prefix, c, n, torch.bfloat16) for c, n in zip(chunks, "abc")]
     for r in whole:
         r.keys, r.values = host_copy(r.keys, pin=True), host_copy(r.values, pin=True)
-    cut = [(10, 250), (0, 200), (50, 300)]
-    pinned = [r.slice(a, b) for r, (a, b) in zip(whole, cut)]
+    cut = [(0, 10, 250), (1, 0, 200), (2, 50, 300), (0, 260, 300)]  # (record, start, end): two parts of a
+    pinned = [whole[i].slice(a, b) for i, a, b in cut]
     on_device = [r.to(DEVICE, torch.bfloat16) for r in pinned]
     spans, pos = [], 16
-    for a, b in cut:
+    for _, a, b in cut:
         spans.append(Span(pos, pos + b - a))
         pos += b - a
-    part_ids = torch.cat([ids[:16]] + [ids[s.start:s.start + (b - a)] for s, (a, b) in zip(layout.chunks, cut)]
-                         + [ids[-8:]]).to(DEVICE)
-    part_layout = Layout(Span(0, 16), spans, Span(pos, pos + 8), ["a", "b", "c"])
+    part_ids = torch.cat([ids[:16]] + [torch.tensor(chunks[i][a:b]) for i, a, b in cut] + [ids[-8:]]).to(DEVICE)
+    part_layout = Layout(Span(0, 16), spans, Span(pos, pos + 8), ["a", "b", "c", "a2"])
     for spec in ("naive", "cacheblend"):
         out = []
         for recs in (on_device, pinned):
